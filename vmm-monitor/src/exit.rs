@@ -1,0 +1,123 @@
+//! How a VM ends, and how devices and vCPUs say so.
+//!
+//! Devices (ACPI power management, i8042) and vCPU threads never stop the VM
+//! themselves: they send a [`VmEvent`] through a [`VmEvents`] handle, and the
+//! monitor's main thread, which owns the VM, acts on the first one.
+
+use std::fmt;
+
+/// Process exit code for a guest that powered off.
+pub const EXIT_POWEROFF: i32 = 0;
+/// Process exit code for a monitor that failed on the host side (bad
+/// arguments, unreadable kernel, KVM refused something).
+pub const EXIT_HOST_ERROR: i32 = 1;
+/// Process exit code for a guest that asked to reboot (vmd restarts it).
+pub const EXIT_REBOOT: i32 = 3;
+/// Process exit code for a guest that crashed: triple fault, KVM internal
+/// error, or an exit the monitor cannot handle.
+pub const EXIT_GUEST_CRASH: i32 = 4;
+
+/// Why a vCPU stopped the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VcpuFault {
+    /// Index of the vCPU (0 is the boot vCPU).
+    pub vcpu: usize,
+    /// The exit reason, as KVM named it, with its details.
+    pub reason: String,
+    /// Guest RIP at the exit, if the registers could be read.
+    pub rip: Option<u64>,
+}
+
+impl fmt::Display for VcpuFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vcpu {}: {}", self.vcpu, self.reason)?;
+        match self.rip {
+            Some(rip) => write!(f, " at rip {rip:#x}"),
+            None => write!(f, " (rip unavailable)"),
+        }
+    }
+}
+
+/// Something that ends the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The guest powered off (ACPI S5).
+    Poweroff,
+    /// The guest asked for a reset (ACPI reset register, i8042, triple fault
+    /// is *not* this: see [`VmEvent::Crash`]).
+    Reboot,
+    /// A vCPU hit something the VM cannot continue from.
+    Crash(VcpuFault),
+    /// The host side failed while the VM ran (e.g. KVM_RUN returned an
+    /// unexpected error).
+    HostError(String),
+}
+
+impl VmEvent {
+    /// The monitor's process exit code for this event.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmEvent::Poweroff => EXIT_POWEROFF,
+            VmEvent::Reboot => EXIT_REBOOT,
+            VmEvent::Crash(_) => EXIT_GUEST_CRASH,
+            VmEvent::HostError(_) => EXIT_HOST_ERROR,
+        }
+    }
+}
+
+/// A cloneable handle through which devices and vCPUs report a [`VmEvent`].
+#[derive(Clone, Debug)]
+pub struct VmEvents {
+    tx: crossbeam_channel::Sender<VmEvent>,
+}
+
+impl VmEvents {
+    /// A handle and the receiver the monitor's main thread waits on.
+    pub fn new() -> (Self, crossbeam_channel::Receiver<VmEvent>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        (Self { tx }, rx)
+    }
+
+    /// Reports `event`. Reporting after the VM has already stopped is harmless.
+    pub fn send(&self, event: VmEvent) {
+        // The receiver is gone only once the monitor is already tearing the
+        // VM down, when a late event has nothing left to change.
+        let _ = self.tx.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let codes = [
+            VmEvent::Poweroff.exit_code(),
+            VmEvent::Reboot.exit_code(),
+            VmEvent::Crash(VcpuFault {
+                vcpu: 0,
+                reason: "x".into(),
+                rip: None,
+            })
+            .exit_code(),
+            VmEvent::HostError("x".into()).exit_code(),
+        ];
+        for (i, a) in codes.iter().enumerate() {
+            assert!(codes[i + 1..].iter().all(|b| a != b), "{codes:?}");
+        }
+    }
+
+    #[test]
+    fn vcpu_fault_message_names_vcpu_reason_and_rip() {
+        let f = VcpuFault {
+            vcpu: 3,
+            reason: "triple fault (KVM_EXIT_SHUTDOWN)".into(),
+            rip: Some(0x1000),
+        };
+        assert_eq!(
+            f.to_string(),
+            "vcpu 3: triple fault (KVM_EXIT_SHUTDOWN) at rip 0x1000"
+        );
+    }
+}

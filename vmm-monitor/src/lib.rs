@@ -1,0 +1,34 @@
+//! The per-VM monitor of vmd-rs.
+//!
+//! One monitor process runs one VM. It owns the guest's RAM (a sealed memfd
+//! mapped shared and registered with KVM), one thread per vCPU, the
+//! in-kernel irqchip and PIT, and the platform devices that are cheap
+//! enough to stay in-process (COM1, i8042, CMOS RTC, ACPI power management,
+//! the PCI host bridge). Virtio devices live in their own processes.
+//!
+//! Map of the crate:
+//! - [`layout`]: the guest-physical memory map; every fixed address.
+//! - [`memory`]: guest RAM in a memfd, mapped and registered with KVM.
+//! - [`loader`]: Linux bzImage and PVH ELF loading, boot parameters.
+//! - [`boot`]: the boot vCPU's registers for each boot protocol.
+//! - [`acpi`]: RSDP, XSDT, FADT, MADT and DSDT.
+//! - [`cpuid`]: the CPUID each vCPU sees, with a consistent topology.
+//! - [`bus`]: port-I/O and MMIO dispatch of vCPU exits.
+//! - [`devices`]: the in-process platform devices.
+//! - [`vcpu`]: vCPU threads and their exit handling.
+//! - [`vm`]: putting it together: build a VM from a [`config::VmConfig`] and run it.
+//! - [`exit`]: how a VM ends, and the monitor's exit codes.
+
+pub mod acpi;
+pub mod boot;
+pub mod bus;
+pub mod config;
+pub mod cpuid;
+pub mod devices;
+pub mod exit;
+pub mod layout;
+pub mod loader;
+pub mod logger;
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
