@@ -1,1 +1,261 @@
-//! (being written)
+//! The monitor's command line, validated into a [`VmConfig`].
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Smallest guest RAM we accept: room for the low-memory tables, a small
+/// kernel at 1 MiB and its stack.
+pub const MIN_MEMORY: u64 = 4 << 20;
+/// Largest guest RAM we accept (1 TiB); KVM and the host may allow less.
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// Most vCPUs per VM: one package of 64 cores, APIC IDs 0..63.
+pub const MAX_CPUS: usize = 64;
+
+/// `vmm-monitor`: run one virtual machine.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmm-monitor",
+    version,
+    about = "Run one virtual machine on KVM"
+)]
+pub struct Cli {
+    /// Kernel to boot: a Linux bzImage, or an ELF with a PVH note.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk (bzImage: the initrd; PVH: module 0).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "")]
+    pub cmdline: String,
+    /// Guest RAM, with a K, M, G or T suffix (e.g. 512M, 1.5G).
+    #[arg(long, value_name = "SIZE", default_value = "512M")]
+    pub memory: String,
+    /// Number of vCPUs (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: usize,
+    /// More log output (repeat for more); SIGUSR1/SIGUSR2 change it while running.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// A validated VM configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Kernel image path.
+    pub kernel: PathBuf,
+    /// Initrd path, if any.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes: a multiple of 4 KiB within [MIN_MEMORY, MAX_MEMORY].
+    pub memory: u64,
+    /// vCPU count, 1..=MAX_CPUS.
+    pub cpus: usize,
+}
+
+/// A command-line value that cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A size that does not parse.
+    #[error("--{option}: {source}")]
+    Size {
+        /// The option it was given to.
+        option: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: SizeError,
+    },
+    /// Guest RAM outside the allowed range or not page aligned.
+    #[error("--memory: {value} bytes is not usable guest RAM: {why}")]
+    Memory {
+        /// The parsed size.
+        value: u64,
+        /// Why not.
+        why: &'static str,
+    },
+    /// A vCPU count outside 1..=MAX_CPUS.
+    #[error("--cpus: {0} is out of range (1 to {MAX_CPUS})")]
+    Cpus(usize),
+}
+
+impl TryFrom<Cli> for VmConfig {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, ConfigError> {
+        let memory = parse_size(&cli.memory).map_err(|source| ConfigError::Size {
+            option: "memory",
+            source,
+        })?;
+        let why = if memory < MIN_MEMORY {
+            Some("below the 4M minimum (a bare number counts bytes: did you mean a suffix like 512M?)")
+        } else if memory > MAX_MEMORY {
+            Some("above the 1T maximum")
+        } else if memory % 4096 != 0 {
+            Some("not a multiple of 4K")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(ConfigError::Memory { value: memory, why });
+        }
+        if cli.cpus == 0 || cli.cpus > MAX_CPUS {
+            return Err(ConfigError::Cpus(cli.cpus));
+        }
+        Ok(VmConfig {
+            kernel: cli.kernel,
+            initrd: cli.initrd,
+            cmdline: cli.cmdline,
+            memory,
+            cpus: cli.cpus,
+        })
+    }
+}
+
+/// A size string that does not parse.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// Empty, or not a number with an optional K/M/G/T suffix.
+    #[error("'{0}' is not a size (a number with an optional K, M, G or T suffix)")]
+    Syntax(String),
+    /// Too large for 64 bits.
+    #[error("'{0}' is too large")]
+    Overflow(String),
+}
+
+/// Parses a size such as `512M`, `1.5G`, `4096` (bytes), `2k`: a decimal
+/// number, optionally with a fraction, and an optional binary suffix
+/// K, M, G or T (case-insensitive, an optional trailing `B` allowed).
+/// A fractional result is rounded down to a whole byte.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let syntax = || SizeError::Syntax(text.to_string());
+    let trimmed = text.trim();
+    let body = trimmed.strip_suffix(['b', 'B']).unwrap_or(trimmed);
+    let (number, shift) = match body.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(syntax()),
+            };
+            (&body[..body.len() - 1], shift)
+        }
+        _ if body.len() != trimmed.len() => return Err(syntax()), // a bare "B" suffix
+        _ => (body, 0),
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty()
+        || !digits(whole)
+        || !digits(fraction)
+        || (number.contains('.') && fraction.is_empty())
+    {
+        return Err(syntax());
+    }
+    let overflow = || SizeError::Overflow(text.to_string());
+    let whole: u64 = whole.parse().map_err(|_| overflow())?;
+    let mut value = whole
+        .checked_shl(shift)
+        .filter(|v| v >> shift == whole)
+        .ok_or_else(overflow)?;
+    if !fraction.is_empty() {
+        // Keep at most 9 fractional digits; finer than that is below a byte.
+        let fraction = &fraction[..fraction.len().min(9)];
+        let numerator: u128 = fraction.parse().map_err(|_| syntax())?;
+        let denominator = 10u128.pow(fraction.len() as u32);
+        let extra = (numerator << shift) / denominator;
+        value = value.checked_add(extra as u64).ok_or_else(overflow)?;
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(memory: &str, cpus: usize) -> Cli {
+        Cli::parse_from([
+            "vmm-monitor",
+            "--kernel",
+            "k",
+            "--memory",
+            memory,
+            "--cpus",
+            &cpus.to_string(),
+        ])
+    }
+
+    #[test]
+    fn parse_size_suffixes_scale_binary() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2k"), Ok(2048));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512MB"), Ok(512 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("4.5g"), Ok(9 << 29));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+    }
+
+    #[test]
+    fn parse_size_garbage_is_refused_with_the_text() {
+        for bad in [
+            "", "M", "12Q", "1.G", ".5G", "-1G", "1 G", "0x10", "1B2", "B",
+        ] {
+            assert_eq!(
+                parse_size(bad),
+                Err(SizeError::Syntax(bad.to_string())),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse_size("99999999999T"),
+            Err(SizeError::Overflow("99999999999T".into()))
+        );
+        assert_eq!(
+            parse_size("99999999999999999999"),
+            Err(SizeError::Overflow("99999999999999999999".into()))
+        );
+    }
+
+    #[test]
+    fn config_defaults_are_512m_and_one_cpu() {
+        let config = VmConfig::try_from(Cli::parse_from(["vmm-monitor", "--kernel", "k"])).unwrap();
+        assert_eq!(
+            (config.memory, config.cpus, config.cmdline.as_str()),
+            (512 << 20, 1, "")
+        );
+    }
+
+    #[test]
+    fn config_bad_memory_names_the_problem() {
+        let err = VmConfig::try_from(cli("512", 1)).unwrap_err();
+        assert!(err.to_string().contains("did you mean"), "{err}");
+        assert!(matches!(
+            VmConfig::try_from(cli("2T", 1)),
+            Err(ConfigError::Memory { .. })
+        ));
+        assert!(matches!(
+            VmConfig::try_from(cli("5001K", 1)),
+            Err(ConfigError::Memory { .. })
+        ));
+        let err = VmConfig::try_from(cli("lots", 1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--memory: 'lots' is not a size (a number with an optional K, M, G or T suffix)"
+        );
+    }
+
+    #[test]
+    fn config_cpu_count_is_bounded() {
+        assert_eq!(VmConfig::try_from(cli("1G", 0)), Err(ConfigError::Cpus(0)));
+        assert_eq!(
+            VmConfig::try_from(cli("1G", 65)),
+            Err(ConfigError::Cpus(65))
+        );
+        assert_eq!(VmConfig::try_from(cli("1G", 64)).unwrap().cpus, 64);
+    }
+}

@@ -6,7 +6,8 @@
 //! ```text
 //! 0x0000_0000  real-mode IVT / BDA (left zero)
 //! 0x0000_0500  boot GDT (Linux 64-bit boot only)
-//! 0x0000_0520  boot IDT (empty; Linux 64-bit boot only)
+//! 0x0000_0530  boot IDT (empty; Linux 64-bit boot only)
+//! 0x0000_0600  boot stack, growing down from 0x5ff0 (Linux 64-bit boot only)
 //! 0x0000_6000  PVH hvm_start_info, module list, memory map
 //! 0x0000_7000  Linux zero page (struct boot_params)
 //! 0x0000_8000  free for the guest (never written by the monitor)
@@ -26,8 +27,12 @@ use vm_memory::GuestAddress;
 
 /// Start of the boot GDT used for the Linux 64-bit entry.
 pub const BOOT_GDT_START: GuestAddress = GuestAddress(0x500);
-/// Start of the (empty) boot IDT used for the Linux 64-bit entry.
-pub const BOOT_IDT_START: GuestAddress = GuestAddress(0x520);
+/// Start of the (empty) boot IDT used for the Linux 64-bit entry, after the
+/// five 8-byte entries of the boot GDT (null, null, code, data, TSS).
+pub const BOOT_IDT_START: GuestAddress = GuestAddress(0x530);
+/// Initial stack pointer of the Linux 64-bit entry: the stack grows down
+/// through 0x600..0x5ff0, which nothing else uses (16-byte aligned).
+pub const BOOT_STACK_POINTER: GuestAddress = GuestAddress(0x5ff0);
 
 /// PVH `hvm_start_info`; its address is passed to the guest in EBX.
 pub const PVH_INFO_START: GuestAddress = GuestAddress(0x6000);

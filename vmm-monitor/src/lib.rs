@@ -13,6 +13,7 @@
 //! - [`boot`]: the boot vCPU's registers for each boot protocol.
 //! - [`acpi`]: RSDP, XSDT, FADT, MADT and DSDT.
 //! - [`cpuid`]: the CPUID each vCPU sees, with a consistent topology.
+//! - [`irq`]: the GSI routing table (legacy pins now, MSI later).
 //! - [`bus`]: port-I/O and MMIO dispatch of vCPU exits.
 //! - [`devices`]: the in-process platform devices.
 //! - [`vcpu`]: vCPU threads and their exit handling.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod cpuid;
 pub mod devices;
 pub mod exit;
+pub mod irq;
 pub mod layout;
 pub mod loader;
 pub mod logger;

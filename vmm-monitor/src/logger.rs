@@ -1,1 +1,141 @@
-//! (being written)
+//! The monitor's log: one line per record on stderr, level switchable at
+//! run time.
+//!
+//! Records go through the `log` facade. The level is `log`'s global maximum,
+//! an atomic: SIGUSR1 raises it one step, SIGUSR2 lowers it one step, and
+//! [`set_level`] sets it (the control channel will call that later). A
+//! signal handler only touches that atomic, which is async-signal-safe.
+
+use std::io::Write;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+struct StderrLogger {
+    program: &'static str,
+    start: Instant,
+}
+
+static LOGGER: OnceLock<StderrLogger> = OnceLock::new();
+
+const LEVELS: [LevelFilter; 6] = [
+    LevelFilter::Off,
+    LevelFilter::Error,
+    LevelFilter::Warn,
+    LevelFilter::Info,
+    LevelFilter::Debug,
+    LevelFilter::Trace,
+];
+
+impl Log for StderrLogger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let elapsed = self.start.elapsed();
+        let line = format!(
+            "{}[{}] {:>4}.{:06} {:<5} {}: {}\n",
+            self.program,
+            std::process::id(),
+            elapsed.as_secs(),
+            elapsed.subsec_micros(),
+            record.level(),
+            record.target(),
+            record.args()
+        );
+        // One write per record so that lines from vCPU threads never interleave;
+        // a log line that cannot be written has nowhere else to go.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the logger for `program` at `level`, and the SIGUSR1/SIGUSR2
+/// handlers that change the level while the process runs. Calling it again
+/// only changes the level.
+pub fn init(program: &'static str, level: LevelFilter) {
+    let logger = LOGGER.get_or_init(|| StderrLogger {
+        program,
+        start: Instant::now(),
+    });
+    if log::set_logger(logger).is_ok() {
+        install_signal_handlers();
+    }
+    set_level(level);
+}
+
+/// Sets the log level of this process.
+pub fn set_level(level: LevelFilter) {
+    log::set_max_level(level);
+}
+
+/// The level for `-v` given `count` times: warnings by default, then info,
+/// debug, trace.
+pub fn level_for_verbosity(count: u8) -> LevelFilter {
+    LEVELS[(2 + count as usize).min(LEVELS.len() - 1)]
+}
+
+fn step_level(up: bool) {
+    let current = LEVELS
+        .iter()
+        .position(|l| *l == log::max_level())
+        .unwrap_or(2);
+    let next = if up {
+        (current + 1).min(LEVELS.len() - 1)
+    } else {
+        current.saturating_sub(1).max(1)
+    };
+    log::set_max_level(LEVELS[next]);
+}
+
+extern "C" fn on_level_signal(signal: libc::c_int) {
+    step_level(signal == libc::SIGUSR1);
+}
+
+fn install_signal_handlers() {
+    for signal in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: an all-zero sigaction is a valid starting point; the fields
+        // that matter are set below.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_level_signal as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: installs a handler that only stores to an atomic (through
+        // log::set_max_level), which is async-signal-safe; `action` is valid.
+        let ret = unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
+        if ret != 0 {
+            log::warn!("cannot install the log level handler for signal {signal}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbosity_maps_to_levels() {
+        assert_eq!(level_for_verbosity(0), LevelFilter::Warn);
+        assert_eq!(level_for_verbosity(1), LevelFilter::Info);
+        assert_eq!(level_for_verbosity(2), LevelFilter::Debug);
+        assert_eq!(level_for_verbosity(9), LevelFilter::Trace);
+    }
+
+    #[test]
+    fn level_steps_stay_between_error_and_trace() {
+        log::set_max_level(LevelFilter::Trace);
+        step_level(true);
+        assert_eq!(log::max_level(), LevelFilter::Trace);
+        for _ in 0..10 {
+            step_level(false);
+        }
+        assert_eq!(log::max_level(), LevelFilter::Error);
+        step_level(true);
+        assert_eq!(log::max_level(), LevelFilter::Warn);
+    }
+}

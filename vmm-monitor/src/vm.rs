@@ -1,1 +1,366 @@
-//! (being written)
+//! Building a VM from a [`VmConfig`] and running it to its end.
+//!
+//! Order matters and follows what each step needs:
+//! 1. KVM VM with TSS/identity-map addresses, in-kernel irqchip, PIT.
+//! 2. Guest RAM (memfd) registered as KVM memory slots.
+//! 3. ACPI tables, then the kernel (its boot info points at the RSDP).
+//! 4. Platform devices on the port-I/O bus, with irqfds for their IRQs.
+//! 5. vCPUs: CPUID, common state, and the boot protocol's state on vCPU 0;
+//!    the others wait in KVM for the guest's INIT/SIPI.
+//! 6. One thread per vCPU; the main thread waits for the first [`VmEvent`],
+//!    stops every vCPU, and returns the event.
+
+use std::fs::File;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::{Bus, BusError, SharedDevice};
+use crate::config::VmConfig;
+use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
+use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_LEN};
+use crate::devices::pci_host::{PciConfigIo, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
+use crate::devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
+use crate::devices::serial::{ConsoleSink, IrqLine, Serial, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
+use crate::exit::{VmEvent, VmEvents};
+use crate::loader::{BootProtocol, LoadParams};
+use crate::memory::{GuestRam, MemoryError};
+use crate::vcpu::Vcpu;
+use crate::{acpi, boot, cpuid, irq, layout, loader};
+
+/// How often a vCPU thread that has not stopped yet is kicked again.
+const KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// KVM lacks something the monitor needs.
+    #[error("KVM lacks {0}")]
+    MissingCapability(&'static str),
+    /// More vCPUs were asked for than KVM allows.
+    #[error("{asked} vCPUs asked for, KVM allows at most {max}")]
+    TooManyVcpus {
+        /// vCPUs configured.
+        asked: usize,
+        /// KVM's limit.
+        max: usize,
+    },
+    /// A KVM ioctl on the VM failed.
+    #[error("KVM refused to {what}")]
+    Kvm {
+        /// What was being set up.
+        what: &'static str,
+        /// The KVM error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Guest RAM could not be set up.
+    #[error("guest RAM")]
+    Memory(#[from] MemoryError),
+    /// The ACPI tables could not be written.
+    #[error("ACPI tables")]
+    Acpi(#[from] acpi::AcpiError),
+    /// A kernel or initrd file could not be opened.
+    #[error("cannot open {what} {path}")]
+    OpenImage {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel could not be loaded.
+    #[error("cannot load kernel {path}")]
+    Load {
+        /// The kernel path.
+        path: PathBuf,
+        /// What was wrong.
+        #[source]
+        source: loader::LoaderError,
+    },
+    /// A vCPU's state could not be set.
+    #[error("cannot set up vcpu {index}")]
+    Boot {
+        /// The vCPU.
+        index: usize,
+        /// The failure.
+        #[source]
+        source: boot::BootError,
+    },
+    /// A vCPU's CPUID could not be built.
+    #[error("cannot build the CPUID of vcpu {index}")]
+    Cpuid {
+        /// The vCPU.
+        index: usize,
+        /// The failure.
+        #[source]
+        source: cpuid::CpuidError,
+    },
+    /// A device did not fit on its bus.
+    #[error("cannot place a device")]
+    Bus(#[from] BusError),
+    /// An eventfd, signal handler or thread could not be created.
+    #[error("cannot {what}")]
+    Os {
+        /// What failed.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn os_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+    move |source| VmError::Os { what, source }
+}
+
+/// A built VM whose vCPUs have not started yet.
+pub struct Vm {
+    // Field order is drop order: vCPU fds and the VM fd go before guest RAM,
+    // which KVM maps (see GuestRam::register).
+    vcpus: Vec<Vcpu>,
+    _vm: VmFd,
+    _ram: GuestRam,
+    events: crossbeam_channel::Receiver<VmEvent>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Vm {
+    /// Builds the VM described by `config` on `kvm`, with COM1 writing to `console`.
+    pub fn new(kvm: &Kvm, config: &VmConfig, console: ConsoleSink) -> Result<Self, VmError> {
+        check_kvm(kvm, config.cpus)?;
+        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("set the identity map address"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("create the in-kernel irqchip"))?;
+        irq::set_routes(&vm, &irq::legacy_routes()).map_err(kvm_err("set the GSI routing"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit)
+            .map_err(kvm_err("create the in-kernel PIT"))?;
+
+        let ram = GuestRam::new(config.memory)?;
+        ram.register(&vm)?;
+        let rsdp = acpi::create_acpi_tables(ram.memory(), config.cpus)?;
+        let entry = load_images(&ram, config, rsdp)?;
+
+        let (events_tx, events) = VmEvents::new();
+        let pio = Arc::new(platform_devices(&vm, config, console, &events_tx)?);
+        let mmio = Arc::new(Bus::new());
+
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report its supported CPUID"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut vcpus = Vec::with_capacity(config.cpus);
+        for index in 0..config.cpus {
+            let fd = vm
+                .create_vcpu(index as u64)
+                .map_err(kvm_err("create a vCPU"))?;
+            let cpuid = cpuid::vcpu_cpuid(&supported, index, config.cpus)
+                .map_err(|source| VmError::Cpuid { index, source })?;
+            fd.set_cpuid2(&cpuid)
+                .map_err(kvm_err("set a vCPU's CPUID"))?;
+            let boot_err = |source| VmError::Boot { index, source };
+            boot::setup_common(&fd, index).map_err(boot_err)?;
+            if index == 0 {
+                boot::setup_boot_vcpu(&fd, ram.memory(), &entry).map_err(boot_err)?;
+            }
+            vcpus.push(Vcpu::new(
+                index,
+                fd,
+                (pio.clone(), mmio.clone()),
+                events_tx.clone(),
+                stop.clone(),
+            ));
+        }
+        log::info!(
+            "VM built: {} vCPU(s), {} MiB RAM, {} kernel entry {:#x}",
+            config.cpus,
+            config.memory >> 20,
+            match entry.protocol {
+                BootProtocol::Pvh => "PVH",
+                BootProtocol::Linux64 => "Linux 64-bit",
+            },
+            entry.entry.0
+        );
+        Ok(Self {
+            vcpus,
+            _vm: vm,
+            _ram: ram,
+            events,
+            stop,
+        })
+    }
+
+    /// Runs the vCPUs until the first event that ends the VM, stops them all,
+    /// and returns that event.
+    pub fn run(mut self) -> Result<VmEvent, VmError> {
+        crate::vcpu::install_kick_handler().map_err(os_err("install the vCPU kick handler"))?;
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        let mut spawn_error = None;
+        for (index, vcpu) in self.vcpus.drain(..).enumerate() {
+            match std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || vcpu.run())
+            {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let event = match spawn_error {
+            Some(e) => Err(VmError::Os {
+                what: "start a vCPU thread",
+                source: e,
+            }),
+            // A vCPU thread always sends before returning, and the Vm keeps
+            // no sender of its own, so recv only fails if every vCPU thread
+            // died without a word (a panic): report that as a host error.
+            None => Ok(self.events.recv().unwrap_or_else(|_| {
+                VmEvent::HostError("every vCPU thread ended without a reason".into())
+            })),
+        };
+        stop_vcpus(&self.stop, threads);
+        event
+    }
+}
+
+/// Opens /dev/kvm, builds the VM of `config` and runs it to its end.
+pub fn run(config: &VmConfig, console: ConsoleSink) -> Result<VmEvent, VmError> {
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    Vm::new(&kvm, config, console)?.run()
+}
+
+fn check_kvm(kvm: &Kvm, cpus: usize) -> Result<(), VmError> {
+    for (cap, name) in [
+        (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
+        (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
+        (Cap::Irqfd, "irqfds (KVM_CAP_IRQFD)"),
+        (Cap::Ioeventfd, "ioeventfds (KVM_CAP_IOEVENTFD)"),
+        (Cap::UserMemory, "user memory slots (KVM_CAP_USER_MEMORY)"),
+        (Cap::ExtCpuid, "KVM_GET_SUPPORTED_CPUID (KVM_CAP_EXT_CPUID)"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCapability(name));
+        }
+    }
+    let max = kvm.get_max_vcpus();
+    if cpus > max {
+        return Err(VmError::TooManyVcpus { asked: cpus, max });
+    }
+    Ok(())
+}
+
+fn open_image(what: &'static str, path: &Path) -> Result<File, VmError> {
+    File::open(path).map_err(|source| VmError::OpenImage {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn load_images(
+    ram: &GuestRam,
+    config: &VmConfig,
+    rsdp: vm_memory::GuestAddress,
+) -> Result<loader::KernelEntry, VmError> {
+    let mut kernel = open_image("kernel", &config.kernel)?;
+    let mut initrd = config
+        .initrd
+        .as_deref()
+        .map(|p| open_image("initrd", p))
+        .transpose()?;
+    let params = LoadParams {
+        kernel: &mut kernel,
+        initrd: initrd.as_mut(),
+        cmdline: &config.cmdline,
+        ram_size: config.memory,
+        rsdp: Some(rsdp),
+    };
+    loader::load_kernel(ram.memory(), params).map_err(|source| VmError::Load {
+        path: config.kernel.clone(),
+        source,
+    })
+}
+
+/// An eventfd registered as the irqfd of `gsi`.
+fn irq_eventfd(vm: &VmFd, gsi: u32) -> Result<EventFd, VmError> {
+    let fd = EventFd::new(libc::EFD_NONBLOCK).map_err(os_err("create an interrupt eventfd"))?;
+    vm.register_irqfd(&fd, gsi)
+        .map_err(kvm_err("register an irqfd"))?;
+    Ok(fd)
+}
+
+/// The port-I/O bus with COM1, i8042, RTC, ACPI PM and PCI config ports.
+fn platform_devices(
+    vm: &VmFd,
+    config: &VmConfig,
+    console: ConsoleSink,
+    events: &VmEvents,
+) -> Result<Bus, VmError> {
+    let mut pio = Bus::new();
+    let com1 = Serial::new(IrqLine(irq_eventfd(vm, COM1_IRQ)?), console);
+    let i8042 = I8042::new(events.clone());
+    let rtc = Rtc::new(config.memory);
+    let pm = AcpiPm::new(irq_eventfd(vm, u32::from(SCI_IRQ))?, events.clone());
+    let pci = PciConfigIo::new(events.clone());
+    let devices: [(SharedDevice, u64, u64); 5] = [
+        (Arc::new(Mutex::new(com1)), COM1_PORT, COM1_PORT_LEN),
+        (
+            Arc::new(Mutex::new(i8042)),
+            I8042_DATA_PORT.into(),
+            I8042_LEN.into(),
+        ),
+        (Arc::new(Mutex::new(rtc)), RTC_PORT.into(), RTC_LEN.into()),
+        (Arc::new(Mutex::new(pm)), PM_BASE.into(), PM_LEN.into()),
+        (
+            Arc::new(Mutex::new(pci)),
+            PCI_CONFIG_IO_BASE,
+            PCI_CONFIG_IO_LEN,
+        ),
+    ];
+    for (device, base, len) in devices {
+        pio.insert(device, base, len)?;
+    }
+    Ok(pio)
+}
+
+/// Sets the stop flag and kicks every vCPU thread until it has returned.
+fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+    stop.store(true, Ordering::Release);
+    for thread in threads {
+        while !thread.is_finished() {
+            // SAFETY: the pthread_t belongs to a thread we spawned and have not
+            // joined yet, so it is valid; the signal's handler does nothing.
+            unsafe { libc::pthread_kill(thread.as_pthread_t(), crate::vcpu::kick_signal()) };
+            std::thread::sleep(KICK_INTERVAL);
+        }
+        if thread.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+}

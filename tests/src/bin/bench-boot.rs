@@ -1,0 +1,123 @@
+//! bench-boot: boot the test guest's `hello` scenario again and again under
+//! vmm-monitor and under QEMU (microvm), interleaved, and report side by side
+//! the time from process start to the first COM1 byte, the time to process
+//! exit, and the peak RSS of each.
+//!
+//! Usage: bench-boot [RUNS] (default 20). Run it through scripts/bench-boot,
+//! which builds everything in release mode first.
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Guest RAM for both VMMs.
+const MEMORY_MIB: u32 = 128;
+
+struct Sample {
+    first_byte: Duration,
+    exit: Duration,
+    max_rss_kib: i64,
+}
+
+fn run_once(mut command: Command) -> Result<Sample, String> {
+    let start = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut first = [0u8; 1];
+    let first_byte = match stdout.read(&mut first) {
+        Ok(1) => start.elapsed(),
+        _ => return Err(format!("{command:?} printed nothing")),
+    };
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).map_err(|e| e.to_string())?;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; `status` and `usage` are valid out-pointers.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let exit = start.elapsed();
+    if pid < 0 {
+        return Err(format!("wait4: {}", std::io::Error::last_os_error()));
+    }
+    let output = String::from_utf8_lossy(&first) + String::from_utf8_lossy(&rest);
+    if !output.contains("VMDT PASS hello") {
+        let status = std::process::ExitStatus::from_raw(status);
+        return Err(format!("{command:?} did not pass hello ({status}):\n{output}"));
+    }
+    Ok(Sample { first_byte, exit, max_rss_kib: usage.ru_maxrss })
+}
+
+fn ours(monitor: &str, guest: &str) -> Command {
+    let mut c = Command::new(monitor);
+    c.args(["--kernel", guest, "--cmdline", "test=hello", "--cpus", "1"]);
+    c.arg("--memory").arg(format!("{MEMORY_MIB}M"));
+    c
+}
+
+fn qemu(guest: &str) -> Command {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "kvm", "-M", "microvm", "-cpu", "host", "-smp", "1"]);
+    c.args(["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"]);
+    c.arg("-m").arg(format!("{MEMORY_MIB}M"));
+    c.args(["-kernel", guest, "-append", "test=hello"]);
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
+    c
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+struct Summary {
+    first_ms: f64,
+    exit_ms: f64,
+    rss_mib: f64,
+}
+
+fn summarize(samples: &[Sample]) -> Summary {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Summary {
+        first_ms: median(samples.iter().map(|s| ms(s.first_byte)).collect()),
+        exit_ms: median(samples.iter().map(|s| ms(s.exit)).collect()),
+        rss_mib: median(samples.iter().map(|s| s.max_rss_kib as f64 / 1024.0).collect()),
+    }
+}
+
+fn main() {
+    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let monitor = std::env::var("VMD_MONITOR").unwrap_or_else(|_| "target/release/vmm-monitor".into());
+    let guest = std::env::var("VMD_TEST_GUEST").unwrap_or_else(|_| vmd_tests::TEST_GUEST.into());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        // Interleave, alternating who goes first, so drift hits both alike.
+        let order = if i % 2 == 0 { [true, false] } else { [false, true] };
+        for is_ours in order {
+            let result = if is_ours { run_once(ours(&monitor, &guest)) } else { run_once(qemu(&guest)) };
+            match result {
+                Ok(s) if is_ours => a.push(s),
+                Ok(s) => b.push(s),
+                Err(e) => {
+                    eprintln!("bench-boot: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    let (ours, qemu) = (summarize(&a), summarize(&b));
+    println!("hello, 1 vCPU, {MEMORY_MIB} MiB, {runs} runs each, medians:");
+    println!("{:<28} {:>12} {:>12} {:>8}", "", "vmm-monitor", "qemu microvm", "ratio");
+    let row = |name: &str, x: f64, y: f64, unit: &str| {
+        println!("{name:<28} {:>9.1} {unit} {:>9.1} {unit} {:>8.2}", x, y, x / y);
+    };
+    row("start to first COM1 byte", ours.first_ms, qemu.first_ms, "ms");
+    row("start to exit", ours.exit_ms, qemu.exit_ms, "ms");
+    row("peak RSS", ours.rss_mib, qemu.rss_mib, "MiB");
+}
