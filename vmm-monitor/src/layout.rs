@@ -172,6 +172,18 @@ pub fn memory_map(ram_size: u64) -> Vec<MemoryMapEntry> {
     map
 }
 
+// The fixed areas must not overlap: checked when the crate is built.
+const _: () =
+    assert!(PVH_MEMMAP_START.0 + (PVH_MEMMAP_MAX_ENTRIES as u64) * 24 <= ZERO_PAGE_START.0);
+const _: () = assert!(ZERO_PAGE_START.0 + 0x1000 <= GUEST_FREE_LOW_PAGE.0);
+const _: () = assert!(GUEST_FREE_LOW_PAGE.0 + 0x1000 <= BOOT_PML4_START.0);
+const _: () = assert!(BOOT_PD_START.0 + 0x1000 <= CMDLINE_START.0);
+const _: () = assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
+const _: () = assert!(ACPI_START.0 + ACPI_MAX_SIZE <= HIMEM_START.0);
+const _: () = assert!(KVM_TSS_ADDRESS + 3 * 0x1000 <= 1 << 32);
+const _: () = assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 <= KVM_TSS_ADDRESS);
+const _: () = assert!(LAPIC_START.0 + 0x1000 <= KVM_IDENTITY_MAP_ADDRESS);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,18 +216,5 @@ mod tests {
         assert!(map
             .iter()
             .all(|e| e.addr + e.size <= MMIO_HOLE_START.0 || e.addr >= RAM_HIGH_START.0));
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(PVH_MEMMAP_START.0 + (PVH_MEMMAP_MAX_ENTRIES as u64) * 24 <= ZERO_PAGE_START.0);
-        assert!(ZERO_PAGE_START.0 + 0x1000 <= GUEST_FREE_LOW_PAGE.0);
-        assert!(GUEST_FREE_LOW_PAGE.0 + 0x1000 <= BOOT_PML4_START.0);
-        assert!(BOOT_PD_START.0 + 0x1000 <= CMDLINE_START.0);
-        assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= EBDA_START.0);
-        assert!(ACPI_START.0 + ACPI_MAX_SIZE <= HIMEM_START.0);
-        assert!(KVM_TSS_ADDRESS + 3 * 0x1000 <= 1 << 32);
-        assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 <= KVM_TSS_ADDRESS);
-        assert!(LAPIC_START.0 + 0x1000 <= KVM_IDENTITY_MAP_ADDRESS);
     }
 }

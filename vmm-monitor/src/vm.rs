@@ -143,7 +143,12 @@ pub struct Vm {
 
 impl Vm {
     /// Builds the VM described by `config` on `kvm`, with COM1 writing to `console`.
-    pub fn new(kvm: &Kvm, config: &VmConfig, console: ConsoleSink) -> Result<Self, VmError> {
+    pub fn new(
+        kvm: &Kvm,
+        config: &VmConfig,
+        images: BootImages,
+        console: ConsoleSink,
+    ) -> Result<Self, VmError> {
         check_kvm(kvm, config.cpus)?;
         let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
         vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
@@ -163,7 +168,7 @@ impl Vm {
         let ram = GuestRam::new(config.memory)?;
         ram.register(&vm)?;
         let rsdp = acpi::create_acpi_tables(ram.memory(), config.cpus)?;
-        let entry = load_images(&ram, config, rsdp)?;
+        let entry = images.load(&ram, config, rsdp)?;
 
         let (events_tx, events) = VmEvents::new();
         let pio = Arc::new(platform_devices(&vm, config, console, &events_tx)?);
@@ -251,8 +256,9 @@ impl Vm {
 
 /// Opens /dev/kvm, builds the VM of `config` and runs it to its end.
 pub fn run(config: &VmConfig, console: ConsoleSink) -> Result<VmEvent, VmError> {
+    let images = BootImages::open(config)?;
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-    Vm::new(&kvm, config, console)?.run()
+    Vm::new(&kvm, config, images, console)?.run()
 }
 
 fn check_kvm(kvm: &Kvm, cpus: usize) -> Result<(), VmError> {
@@ -275,36 +281,51 @@ fn check_kvm(kvm: &Kvm, cpus: usize) -> Result<(), VmError> {
     Ok(())
 }
 
-fn open_image(what: &'static str, path: &Path) -> Result<File, VmError> {
-    File::open(path).map_err(|source| VmError::OpenImage {
-        what,
-        path: path.to_owned(),
-        source,
-    })
+/// The kernel and initrd of a VM, opened before anything else is built so
+/// that a bad path fails at once (and, later, so that vmd can pass them as fds).
+pub struct BootImages {
+    kernel: File,
+    initrd: Option<File>,
 }
 
-fn load_images(
-    ram: &GuestRam,
-    config: &VmConfig,
-    rsdp: vm_memory::GuestAddress,
-) -> Result<loader::KernelEntry, VmError> {
-    let mut kernel = open_image("kernel", &config.kernel)?;
-    let mut initrd = config
-        .initrd
-        .as_deref()
-        .map(|p| open_image("initrd", p))
-        .transpose()?;
-    let params = LoadParams {
-        kernel: &mut kernel,
-        initrd: initrd.as_mut(),
-        cmdline: &config.cmdline,
-        ram_size: config.memory,
-        rsdp: Some(rsdp),
-    };
-    loader::load_kernel(ram.memory(), params).map_err(|source| VmError::Load {
-        path: config.kernel.clone(),
-        source,
-    })
+impl BootImages {
+    /// Opens the kernel and initrd that `config` names.
+    pub fn open(config: &VmConfig) -> Result<Self, VmError> {
+        let open = |what, path: &Path| {
+            File::open(path).map_err(|source| VmError::OpenImage {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        Ok(Self {
+            kernel: open("kernel", &config.kernel)?,
+            initrd: config
+                .initrd
+                .as_deref()
+                .map(|p| open("initrd", p))
+                .transpose()?,
+        })
+    }
+
+    fn load(
+        mut self,
+        ram: &GuestRam,
+        config: &VmConfig,
+        rsdp: vm_memory::GuestAddress,
+    ) -> Result<loader::KernelEntry, VmError> {
+        let params = LoadParams {
+            kernel: &mut self.kernel,
+            initrd: self.initrd.as_mut(),
+            cmdline: &config.cmdline,
+            ram_size: config.memory,
+            rsdp: Some(rsdp),
+        };
+        loader::load_kernel(ram.memory(), params).map_err(|source| VmError::Load {
+            path: config.kernel.clone(),
+            source,
+        })
+    }
 }
 
 /// An eventfd registered as the irqfd of `gsi`.

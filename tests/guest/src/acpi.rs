@@ -48,7 +48,10 @@ pub struct Gas {
 
 impl Gas {
     fn read(addr: u64) -> Option<Gas> {
-        let gas = Gas { space: phys::read_u8(addr), addr: phys::read_u64(addr + 4) };
+        let gas = Gas {
+            space: phys::read_u8(addr),
+            addr: phys::read_u64(addr + 4),
+        };
         (gas.addr != 0).then_some(gas)
     }
 
@@ -129,7 +132,11 @@ fn find_rsdp(hint: u64) -> Option<u64> {
 pub fn parse(rsdp_hint: u64) -> Result<Info, &'static str> {
     let rsdp = find_rsdp(rsdp_hint).ok_or("no valid RSDP")?;
     let revision = phys::read_u8(rsdp + 15);
-    let xsdt = if revision >= 2 { phys::read_u64(rsdp + 24) } else { 0 };
+    let xsdt = if revision >= 2 {
+        phys::read_u64(rsdp + 24)
+    } else {
+        0
+    };
     let (root, entry_size) = if xsdt != 0 {
         (xsdt, 8)
     } else {
@@ -147,9 +154,15 @@ pub fn parse(rsdp_hint: u64) -> Result<Info, &'static str> {
     };
     let mut entry = root + HEADER_LEN;
     while entry + entry_size <= root + u64::from(root_len) {
-        let addr = if entry_size == 8 { phys::read_u64(entry) } else { phys::read_u32(entry).into() };
+        let addr = if entry_size == 8 {
+            phys::read_u64(entry)
+        } else {
+            phys::read_u32(entry).into()
+        };
         entry += entry_size;
-        let Some((addr, len)) = table(addr) else { continue };
+        let Some((addr, len)) = table(addr) else {
+            continue;
+        };
         match &signature(addr) {
             b"FACP" => parse_fadt(&mut info, addr, len),
             b"APIC" => parse_madt(&mut info, addr, len),
@@ -162,14 +175,21 @@ pub fn parse(rsdp_hint: u64) -> Result<Info, &'static str> {
 fn parse_fadt(info: &mut Info, fadt: u64, len: u32) {
     let len = u64::from(len);
     let has = |off: u64, size: u64| off + size <= len;
-    let flags = if has(FADT_FLAGS, 4) { phys::read_u32(fadt + FADT_FLAGS) } else { 0 };
+    let flags = if has(FADT_FLAGS, 4) {
+        phys::read_u32(fadt + FADT_FLAGS)
+    } else {
+        0
+    };
     info.hw_reduced = flags & FLAG_HW_REDUCED != 0;
     if has(FADT_X_PM1A_CNT_BLK, 12) {
         info.pm1a_cnt = Gas::read(fadt + FADT_X_PM1A_CNT_BLK);
     }
     if info.pm1a_cnt.is_none() && has(FADT_PM1A_CNT_BLK, 4) {
         let port = phys::read_u32(fadt + FADT_PM1A_CNT_BLK);
-        info.pm1a_cnt = (port != 0).then_some(Gas { space: SPACE_IO, addr: port.into() });
+        info.pm1a_cnt = (port != 0).then_some(Gas {
+            space: SPACE_IO,
+            addr: port.into(),
+        });
     }
     if has(FADT_SLEEP_CONTROL_REG, 12) {
         info.sleep_control = Gas::read(fadt + FADT_SLEEP_CONTROL_REG);
@@ -179,8 +199,16 @@ fn parse_fadt(info: &mut Info, fadt: u64, len: u32) {
             info.reset = Some((reg, phys::read_u8(fadt + FADT_RESET_VALUE)));
         }
     }
-    let x_dsdt = if has(FADT_X_DSDT, 8) { phys::read_u64(fadt + FADT_X_DSDT) } else { 0 };
-    let dsdt = if x_dsdt != 0 { x_dsdt } else { phys::read_u32(fadt + FADT_DSDT).into() };
+    let x_dsdt = if has(FADT_X_DSDT, 8) {
+        phys::read_u64(fadt + FADT_X_DSDT)
+    } else {
+        0
+    };
+    let dsdt = if x_dsdt != 0 {
+        x_dsdt
+    } else {
+        phys::read_u32(fadt + FADT_DSDT).into()
+    };
     if let Some((dsdt, dsdt_len)) = table(dsdt) {
         info.slp_typ_s5 = find_s5(dsdt + HEADER_LEN, u64::from(dsdt_len) - HEADER_LEN);
     }
@@ -200,9 +228,9 @@ fn find_s5(aml: u64, len: u64) -> Option<u8> {
         let mut p = i + 6 + u64::from(lead >> 6);
         p += 1; // NumElements
         return match byte(p)? {
-            0x00 => Some(0),           // ZeroOp
-            0x01 => Some(1),           // OneOp
-            0x0A => byte(p + 1),       // BytePrefix
+            0x00 => Some(0),            // ZeroOp
+            0x01 => Some(1),            // OneOp
+            0x0A => byte(p + 1),        // BytePrefix
             0x0B | 0x0C => byte(p + 1), // WordPrefix, DWordPrefix: low byte
             _ => None,
         };

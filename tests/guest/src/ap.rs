@@ -10,10 +10,10 @@
 //! hook the BSP registered.
 
 use core::arch::global_asm;
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use crate::entry::{self, GDT_ENTRIES, KERNEL_CS, KERNEL_DS, MAX_CPUS, TSS_SEL0};
+use crate::entry::{self, GDT_ENTRIES, IOMAP_BYTES, IOMAP_OFFSET0, KERNEL_CS, KERNEL_DS, MAX_CPUS};
+use crate::entry::{TSS_SEL0, TSS_SIZE};
 use crate::entry::{USER_CS, USER_DS, USTACK_SIZE};
 use crate::lapic;
 
@@ -114,64 +114,43 @@ extern "C" {
     static vmdt_ap_tramp_end: [u8; 0];
 }
 
-/// A 64-bit TSS (Intel SDM vol. 3, 8.7): only RSP0 and the I/O map base
-/// (past the limit: no bitmap, IOPL=3 governs port access) are used.
-#[repr(C, packed(4))]
-#[derive(Clone, Copy)]
-struct Tss {
-    reserved0: u32,
-    rsp: [u64; 3],
-    reserved1: u64,
-    ist: [u64; 7],
-    reserved2: u64,
-    reserved3: u16,
-    iomap_base: u16,
-}
-
-const TSS_SIZE: usize = 104;
-const _: () = assert!(core::mem::size_of::<Tss>() == TSS_SIZE);
-
-/// TSSs of CPU indices 1.. (index 0, the BSP, uses the static `vmdt_tss0`).
-struct TssTable(UnsafeCell<[Tss; MAX_CPUS]>);
-// SAFETY: written only by the BSP in `prepare`, before any AP is started;
-// afterwards only the CPUs read them.
-unsafe impl Sync for TssTable {}
-
-static TSS: TssTable = TssTable(UnsafeCell::new(
-    [Tss {
-        reserved0: 0,
-        rsp: [0; 3],
-        reserved1: 0,
-        ist: [0; 7],
-        reserved2: 0,
-        reserved3: 0,
-        iomap_base: TSS_SIZE as u16,
-    }; MAX_CPUS],
-));
+/// Offset of RSP0 in a 64-bit TSS (Intel SDM vol. 3, 8.7).
+const TSS_RSP0: usize = 4;
+/// Offset of the I/O map base address in a 64-bit TSS.
+const TSS_IOMAP_BASE: usize = 102;
 
 /// What an AP runs at CPL3 once up, given its CPU index (0 = none set).
 static HOOK: AtomicUsize = AtomicUsize::new(0);
 
-/// Copies the trampoline and prepares the TSS (RSP0) and GDT descriptor of
-/// CPU indices 1..`cpus`. Call once, before [`start`].
+/// Copies the trampoline and prepares the TSS (RSP0, I/O map base: the
+/// bitmap shared with CPU 0) and GDT descriptor of CPU indices 1..`cpus`. Call once, before [`start`].
 pub fn prepare(cpus: usize, hook: fn(usize) -> !) {
     HOOK.store(hook as usize, Ordering::SeqCst);
-    // SAFETY: addresses of linker-placed symbols only.
-    let start = unsafe { core::ptr::addr_of!(vmdt_ap_tramp_start) } as *const u8;
-    // SAFETY: as above.
-    let end = unsafe { core::ptr::addr_of!(vmdt_ap_tramp_end) } as usize;
+    let start = core::ptr::addr_of!(vmdt_ap_tramp_start) as *const u8;
+    let end = core::ptr::addr_of!(vmdt_ap_tramp_end) as usize;
     let len = end - start as usize;
     // SAFETY: the trampoline page 0x8000..0x9000 is RAM, identity mapped,
     // reserved for this use, and the linker script asserts len <= 4096.
     unsafe { core::ptr::copy_nonoverlapping(start, TRAMPOLINE_ADDR as *mut u8, len) };
-    let tss = TSS.0.get() as *mut Tss;
+    let tss0 = core::ptr::addr_of_mut!(entry::vmdt_tss0) as *mut u8;
     for index in 1..cpus.min(MAX_CPUS) {
-        // SAFETY: index < MAX_CPUS; no AP runs yet, so nothing else
-        // accesses the table.
-        let entry = unsafe { tss.add(index) };
-        // SAFETY: `entry` is valid (above); the field may be unaligned.
-        unsafe { core::ptr::addr_of_mut!((*entry).rsp[0]).write_unaligned(entry::kstack_top(index)) };
-        let (low, high) = tss_descriptor(entry as u64);
+        let offset = index * TSS_SIZE;
+        let iomap_base = IOMAP_OFFSET0 - offset;
+        // SAFETY: TSS `index` < MAX_CPUS lies in the static TSS block; no
+        // AP runs yet, so nothing else uses it. Fields may be unaligned.
+        unsafe {
+            let tss = tss0.add(offset);
+            tss.add(TSS_RSP0)
+                .cast::<u64>()
+                .write_unaligned(entry::kstack_top(index));
+            tss.add(TSS_IOMAP_BASE)
+                .cast::<u16>()
+                .write_unaligned(iomap_base as u16);
+        }
+        let (low, high) = tss_descriptor(
+            tss0 as u64 + offset as u64,
+            (iomap_base + IOMAP_BYTES) as u64,
+        );
         let slot = (TSS_SEL0 as usize / 8) + 2 * index;
         // SAFETY: slot + 1 < GDT_ENTRIES; the slot belongs to a CPU that is
         // not running, so the GDT entry is not in use.
@@ -184,10 +163,10 @@ pub fn prepare(cpus: usize, hook: fn(usize) -> !) {
     core::sync::atomic::fence(Ordering::SeqCst);
 }
 
-/// The two quadwords of an available 64-bit TSS descriptor for `base`.
-fn tss_descriptor(base: u64) -> (u64, u64) {
-    let limit = (TSS_SIZE - 1) as u64;
-    let low = limit
+/// The two quadwords of an available 64-bit TSS descriptor (Intel SDM
+/// vol. 3, 8.2.3) for `base` and `limit` (< 64 KiB).
+fn tss_descriptor(base: u64, limit: u64) -> (u64, u64) {
+    let low = (limit & 0xFFFF)
         | ((base & 0xFF_FFFF) << 16)
         | (0x89 << 40)
         | (((base >> 24) & 0xFF) << 56);
@@ -197,8 +176,14 @@ fn tss_descriptor(base: u64) -> (u64, u64) {
 /// Sends INIT-SIPI-SIPI to the CPU with LAPIC ID `apic_id`.
 pub fn start(apic_id: u32) {
     lapic::send_ipi(apic_id, lapic::ICR_INIT | lapic::ICR_ASSERT);
-    lapic::send_ipi(apic_id, lapic::ICR_STARTUP | lapic::ICR_ASSERT | SIPI_VECTOR);
-    lapic::send_ipi(apic_id, lapic::ICR_STARTUP | lapic::ICR_ASSERT | SIPI_VECTOR);
+    lapic::send_ipi(
+        apic_id,
+        lapic::ICR_STARTUP | lapic::ICR_ASSERT | SIPI_VECTOR,
+    );
+    lapic::send_ipi(
+        apic_id,
+        lapic::ICR_STARTUP | lapic::ICR_ASSERT | SIPI_VECTOR,
+    );
 }
 
 /// CPL3 entry of every AP (called by `vmdt_ap_long` with its CPU index).

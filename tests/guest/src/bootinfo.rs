@@ -122,6 +122,8 @@ impl BootInfo {
 
     /// The RAM (type 1) entries of the memory map.
     pub fn ram(&self) -> impl Iterator<Item = &MemRange> {
-        self.ranges().iter().filter(|r| r.kind == E820_RAM && r.size != 0)
+        self.ranges()
+            .iter()
+            .filter(|r| r.kind == E820_RAM && r.size != 0)
     }
 }

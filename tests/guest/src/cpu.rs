@@ -1,48 +1,59 @@
-//! Thin wrappers over the instructions CPL3 code may use with IOPL=3:
-//! port I/O, cli/sti, rdtsc, cpuid, and parking a CPU via the DPL3 gate.
+//! Thin wrappers over what CPL3 code may do: port I/O (allowed by the TSS
+//! I/O bitmap and IOPL=3), interrupt enable/disable and parking through
+//! `int3` requests (entry.rs), rdtsc, cpuid.
 
 use core::arch::asm;
 
-use crate::entry::VEC_PARK;
+use crate::entry::{OP_CLI, OP_PARK, OP_STI};
 
 /// Writes a byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
     // SAFETY: port I/O is allowed at CPL3 with IOPL=3; the ports this guest
     // writes are devices it drives, and the write touches no Rust memory.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Writes a 16-bit word to an I/O port.
 pub fn outw(port: u16, value: u16) {
     // SAFETY: as for `outb`.
-    unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
+    };
 }
 
 /// Reads a byte from an I/O port.
 pub fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: as for `outb`; reads touch no Rust memory.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
+    };
     value
 }
 
-/// Enables interrupts on this CPU (allowed at CPL3 by IOPL=3).
+/// Enables interrupts on this CPU, by an `int3` request (a plain `sti`
+/// needs an IOPL our development hosts do not keep at CPL3).
 pub fn sti() {
-    // SAFETY: handlers for every vector are installed (see entry.rs).
-    unsafe { asm!("sti", options(nomem, nostack)) };
+    // SAFETY: handlers for every vector are installed (see entry.rs); the
+    // request only sets IF in the frame the stub returns through.
+    unsafe { asm!("int3", in("eax") OP_STI, options(nomem, nostack)) };
 }
 
-/// Disables interrupts on this CPU.
+/// Disables interrupts on this CPU, by an `int3` request.
 pub fn cli() {
-    // SAFETY: only masks interrupts.
-    unsafe { asm!("cli", options(nomem, nostack)) };
+    // SAFETY: the request only clears IF in the frame it returns through.
+    unsafe { asm!("int3", in("eax") OP_CLI, options(nomem, nostack)) };
 }
 
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: rdtsc is allowed at CPL3 (CR4.TSD is clear).
-    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
+    };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
@@ -122,9 +133,9 @@ pub fn wait_until(deadline: Deadline, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Halts this CPU for good through the DPL3 park gate (cli; hlt at CPL0):
-/// a halted vCPU costs the host nothing, a spinning one starves others.
+/// Halts this CPU for good by an `int3` request (cli; hlt at CPL0): a
+/// halted vCPU costs the host nothing, a spinning one starves others.
 pub fn park() -> ! {
-    // SAFETY: the park gate never returns; nothing is left to clean up.
-    unsafe { asm!("int {v}", v = const VEC_PARK, options(noreturn)) };
+    // SAFETY: the park request never returns; nothing is left to clean up.
+    unsafe { asm!("int3", in("eax") OP_PARK, options(noreturn)) };
 }

@@ -4,7 +4,7 @@
 //! (about 1 µs each), so the privileged part is kept to a couple of dozen
 //! instructions and everything that can be data is laid out statically in
 //! the image: the Xen PVH note, the GDT (with the CPU 0 TSS descriptor), the
-//! IDT, the CPU 0 TSS and the boot page tables (first GiB identity mapped
+//! IDT, the TSSs with a shared I/O permission bitmap and the boot page tables (first GiB identity mapped
 //! with 2 MiB pages, plus the IOAPIC and LAPIC pages; all user-accessible so
 //! that CPL3 can extend them, see `paging`).
 //!
@@ -13,10 +13,20 @@
 //! code, load SS/IDT/TR, then `iretq` to CPL3 with IOPL=3 and IF=0. CPL3
 //! zeroes `.bss` and calls [`crate::bsp_main`].
 //!
+//! Port I/O at CPL3 is allowed twice over: by IOPL=3 in the `iretq` frame
+//! and by an all-zero I/O permission bitmap in every TSS. The hosts we
+//! develop on drop the IOPL of an `iretq` to CPL3 (so `cli`/`sti` fault
+//! there); the bitmap works on them. Those hosts also deliver no software
+//! interrupt from CPL3 but `int3` (`int n` raises #UD), so CPL3 code
+//! enables and disables interrupts, and parks its CPU, by `int3` (DPL3
+//! gate) with a request in eax ([`OP_STI`], [`OP_CLI`], [`OP_PARK`]): the
+//! CPL0 stub edits IF in the `iretq` frame, or halts.
+//!
 //! Interrupt stubs (one 16-byte stub per vector at `vmdt_isr_stubs`):
-//! the timer stub counts a tick and sends EOI, the park stub halts the CPU
-//! for good, the spurious stub returns; every other vector is unexpected and
-//! `iretq`s into [`crate::interrupts::vmdt_exception_report`] at CPL3.
+//! the timer stub counts a tick and sends EOI, the breakpoint stub serves
+//! the `int3` requests, the spurious stub returns; every other vector is
+//! unexpected and `iretq`s into [`crate::interrupts::vmdt_exception_report`]
+//! at CPL3.
 
 use core::arch::global_asm;
 
@@ -40,10 +50,20 @@ pub const KSTACK_SIZE: usize = 4096;
 pub const USTACK_SIZE: usize = 32768;
 /// Vector of the LAPIC timer (ticks counted by the CPL0 stub).
 pub const VEC_TIMER: u8 = 0x40;
-/// Vector of the DPL3 gate that halts the calling CPU for good.
-pub const VEC_PARK: u8 = 0xF0;
+/// `int3` request (in eax): return with IF set, `sti` for CPL3 code.
+pub const OP_STI: u32 = 0x5654_4901;
+/// `int3` request: return with IF clear, `cli` for CPL3 code.
+pub const OP_CLI: u32 = 0x5654_4902;
+/// `int3` request: halt this CPU for good (cli; hlt at CPL0).
+pub const OP_PARK: u32 = 0x5654_4903;
 /// LAPIC spurious interrupt vector (the stub just returns).
 pub const VEC_SPURIOUS: u8 = 0xFF;
+/// Size of a 64-bit TSS.
+pub const TSS_SIZE: usize = 104;
+/// I/O map base of CPU 0's TSS: the shared bitmap follows all TSSs.
+pub const IOMAP_OFFSET0: usize = MAX_CPUS * TSS_SIZE;
+/// Bytes of the I/O permission bitmap (65536 ports).
+pub const IOMAP_BYTES: usize = 8192;
 
 /// CR4: PAE, OSFXSR and OSXMMEXCPT (Rust code at CPL3 uses SSE).
 const CR4_BOOT: u32 = (1 << 5) | (1 << 9) | (1 << 10);
@@ -100,6 +120,8 @@ vmdt_bsp_long:
     ltr %ax
     mov $vmdt_kstacks + {kstack}, %esp
     mov %ebx, %edi
+    push ${rflags}
+    popfq
     push ${uds}
     push $vmdt_ustacks + {ustack}
     push ${rflags}
@@ -135,6 +157,21 @@ vmdt_isr_timer:
     pop %rax
     iretq
 
+    /* int3 from CPL3 with a request in eax (see cpu.rs). */
+vmdt_isr_breakpoint:
+    cmp ${op_sti}, %eax
+    je 2f
+    cmp ${op_cli}, %eax
+    je 3f
+    cmp ${op_park}, %eax
+    je vmdt_isr_park
+    push $3
+    jmp vmdt_isr_report
+2:  orq $0x200, 16(%rsp)
+    iretq
+3:  andq $~0x200, 16(%rsp)
+    iretq
+
     .globl vmdt_isr_park
 vmdt_isr_park:
     cli
@@ -158,8 +195,8 @@ vmdt_isr_report:
     .balign 16
     .if (\vec) == {vtimer}
     jmp vmdt_isr_timer
-    .elseif (\vec) == {vpark}
-    jmp vmdt_isr_park
+    .elseif (\vec) == 3
+    jmp vmdt_isr_breakpoint
     .elseif (\vec) == {vspurious}
     iretq
     .else
@@ -189,7 +226,7 @@ vmdt_isr_stubs_end:
     .word VMDT_ISR_LO + (\vec) * 16
     .word {kcs}
     .byte 0
-    .if (\vec) == {vpark}
+    .if (\vec) == 3
     .byte 0xEE
     .else
     .byte 0x8E
@@ -223,7 +260,7 @@ vmdt_gdt:
     .quad 0x00CF92000000FFFF
     .quad 0x00CFF2000000FFFF
     .quad 0x00AFFA000000FFFF
-    .word 103
+    .word {iomap0} + {iomap_bytes}
     .word VMDT_TSS0_LO
     .byte VMDT_TSS0_B2
     .byte 0x89
@@ -239,8 +276,10 @@ vmdt_gdt_ptr:
     .word vmdt_gdt_end - vmdt_gdt - 1
     .quad vmdt_gdt
 
-    /* ---- TSS of CPU 0: RSP0 = top of its kernel stack, no I/O bitmap ---- */
-    .section .data.vmdt_tss0, "aw", @progbits
+    /* ---- TSSs: CPU 0's set up here, the others by ap::prepare; all share
+       one all-zero I/O permission bitmap after them (every port allowed at
+       CPL3 even where the IOPL of an iretq frame is not honoured) ---- */
+    .section .data.vmdt_tss, "aw", @progbits
     .balign 16
     .globl vmdt_tss0
 vmdt_tss0:
@@ -248,7 +287,12 @@ vmdt_tss0:
     .quad vmdt_kstacks + {kstack}
     .fill 88, 1, 0
     .word 0
-    .word 104
+    .word {iomap0}
+    .fill ({max_cpus} - 1) * {tss_size}, 1, 0
+    .globl vmdt_iomap
+vmdt_iomap:
+    .fill {iomap_bytes}, 1, 0
+    .byte 0xFF
 
     /* ---- Boot page tables (P|W|U; 2 MiB pages with PS) ---- */
     .section .data.vmdt_pagetables, "aw", @progbits
@@ -306,8 +350,13 @@ vmdt_ustacks:
     ustack = const USTACK_SIZE,
     max_cpus = const MAX_CPUS,
     vtimer = const VEC_TIMER,
-    vpark = const VEC_PARK,
     vspurious = const VEC_SPURIOUS,
+    op_sti = const OP_STI,
+    op_cli = const OP_CLI,
+    op_park = const OP_PARK,
+    tss_size = const TSS_SIZE,
+    iomap0 = const IOMAP_OFFSET0,
+    iomap_bytes = const IOMAP_BYTES,
     options(att_syntax)
 );
 
@@ -316,8 +365,8 @@ extern "C" {
     pub static mut vmdt_gdt: [u64; GDT_ENTRIES];
     /// Page-directory-pointer table of the identity map (first 512 GiB).
     pub static mut vmdt_pdpt: [u64; 512];
-    /// Page directory of the fourth GiB (MMIO hole; LAPIC and IOAPIC).
-    pub static mut vmdt_pd3: [u64; 512];
+    /// TSS of CPU 0, followed by those of CPUs 1.. (`TSS_SIZE` each).
+    pub static mut vmdt_tss0: [u8; 0];
     /// Base of the per-CPU kernel stacks (`KSTACK_SIZE` each).
     pub static vmdt_kstacks: [u8; 0];
     /// First byte of the image (1 MiB).
@@ -329,16 +378,13 @@ extern "C" {
 /// The guest image's physical range `[start, end)`, everything the guest
 /// itself uses above 1 MiB (code, data, page tables, stacks).
 pub fn image_range() -> (u64, u64) {
-    // SAFETY: only the addresses of linker-defined symbols are taken.
-    let start = unsafe { core::ptr::addr_of!(__image_start) } as u64;
-    // SAFETY: as above.
-    let end = unsafe { core::ptr::addr_of!(__image_end) } as u64;
+    let start = core::ptr::addr_of!(__image_start) as u64;
+    let end = core::ptr::addr_of!(__image_end) as u64;
     (start, end)
 }
 
 /// Top of CPU `index`'s kernel (CPL0) stack, for its TSS RSP0.
 pub fn kstack_top(index: usize) -> u64 {
-    // SAFETY: only the address of the linker-placed stack array is taken.
-    let base = unsafe { core::ptr::addr_of!(vmdt_kstacks) } as u64;
+    let base = core::ptr::addr_of!(vmdt_kstacks) as u64;
     base + ((index + 1) * KSTACK_SIZE) as u64
 }

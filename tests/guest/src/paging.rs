@@ -2,8 +2,8 @@
 //!
 //! The boot tables (entry.rs) map the first GiB and the IOAPIC/LAPIC pages.
 //! [`init`] adds the rest of 0..4 GiB (RAM write-back, the rest uncached:
-//! the MMIO hole) and all RAM above 4 GiB, with 1 GiB pages where CPUID
-//! offers them and a GiB is all RAM or all hole, else 2 MiB pages.
+//! the MMIO hole) and all RAM above 4 GiB, with 2 MiB pages, or on request
+//! (see [`init`]) 1 GiB pages where a GiB is all RAM or all hole.
 //!
 //! Page tables are user-writable in this guest, so CPL3 writes them. Only
 //! not-present entries are ever filled in, and a processor caches no
@@ -47,7 +47,9 @@ struct Pool(UnsafeCell<[PageDirectory; POOL_SIZE]>);
 // page directories (through the atomic `POOL_NEXT`).
 unsafe impl Sync for Pool {}
 
-static POOL: Pool = Pool(UnsafeCell::new([const { PageDirectory([0; 512]) }; POOL_SIZE]));
+static POOL: Pool = Pool(UnsafeCell::new(
+    [const { PageDirectory([0; 512]) }; POOL_SIZE],
+));
 static POOL_NEXT: AtomicUsize = AtomicUsize::new(0);
 /// Bit per GiB slot: mapped.
 static MAPPED: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
@@ -68,8 +70,12 @@ fn ram_in(boot: &BootInfo, start: u64, end: u64) -> u64 {
 }
 
 /// Maps 0..4 GiB and all RAM up to [`MAPPABLE_END`]. Call once, on the BSP.
+///
+/// 2 MiB pages by default: on our development hosts CPUID offers 1 GiB
+/// pages but CPL3 accesses through them fault. `pages=1g` on the command
+/// line uses them where CPUID offers them.
 pub fn init(boot: &BootInfo) -> Result<(), &'static str> {
-    let use_1g = has_1g_pages();
+    let use_1g = boot.arg("pages") == Some("1g") && has_1g_pages();
     MAPPED[0].fetch_or(1, Ordering::SeqCst);
     for slot in 1..(MAPPABLE_END / GIB) {
         let base = slot * GIB;
@@ -87,7 +93,9 @@ pub fn used_1g_pages() -> bool {
 
 /// Whether every GiB touched by `[addr, addr + len)` is mapped.
 pub fn is_mapped(addr: u64, len: u64) -> bool {
-    let Some(end) = addr.checked_add(len) else { return false };
+    let Some(end) = addr.checked_add(len) else {
+        return false;
+    };
     if len == 0 {
         return true;
     }
@@ -99,8 +107,7 @@ pub fn is_mapped(addr: u64, len: u64) -> bool {
 }
 
 fn pdpt() -> *mut u64 {
-    // SAFETY: only the address of the static PDPT is taken.
-    unsafe { core::ptr::addr_of_mut!(entry::vmdt_pdpt) as *mut u64 }
+    core::ptr::addr_of_mut!(entry::vmdt_pdpt) as *mut u64
 }
 
 /// Maps GiB `slot` (1..512): RAM write-back, everything else uncached.
@@ -136,7 +143,11 @@ fn map_slot(boot: &BootInfo, slot: u64, use_1g: bool) -> Result<(), &'static str
             let entry = unsafe { pd.add(j as usize) };
             // SAFETY: as above.
             if unsafe { entry.read_volatile() } & PTE_PRESENT == 0 {
-                let leaf = if ram_in(boot, page, page + PAGE_2M) == 0 { LEAF_MMIO } else { LEAF_RAM };
+                let leaf = if ram_in(boot, page, page + PAGE_2M) == 0 {
+                    LEAF_MMIO
+                } else {
+                    LEAF_RAM
+                };
                 // SAFETY: as above; the entry was not present.
                 unsafe { entry.write_volatile(page | leaf) };
             }

@@ -11,11 +11,6 @@ pub fn read_u8(addr: u64) -> u8 {
     unsafe { core::ptr::read_volatile(addr as *const u8) }
 }
 
-/// Reads a little-endian u16 at physical `addr`.
-pub fn read_u16(addr: u64) -> u16 {
-    u16::from_le_bytes([read_u8(addr), read_u8(addr + 1)])
-}
-
 /// Reads a little-endian u32 at physical `addr` (possibly unaligned).
 pub fn read_u32(addr: u64) -> u32 {
     // SAFETY: as for `read_u8`; read_unaligned allows any alignment.

@@ -45,14 +45,22 @@ pub fn poweroff() -> ! {
             }
         }
     }
+    debug_exit_and_park()
+}
+
+/// Writes QEMU's isa-debug-exit port, then parks (the last resort).
+pub fn debug_exit_and_park() -> ! {
     cpu::outb(DEBUG_EXIT_PORT, 0);
-    cpu::park();
+    cpu::park()
 }
 
 /// Resets by the FADT's RESET_REG; returns only if that did not work
 /// (no register, or the write did not end the VM).
 pub fn reset_acpi() -> Result<(), &'static str> {
-    let (reg, value) = ACPI.get().and_then(|a| a.reset).ok_or("no ACPI reset register")?;
+    let (reg, value) = ACPI
+        .get()
+        .and_then(|a| a.reset)
+        .ok_or("no ACPI reset register")?;
     if !reg.write_u8(value) {
         return Err("ACPI reset register not writable");
     }

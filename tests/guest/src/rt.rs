@@ -89,7 +89,10 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
             loc.line(),
             info.message()
         )),
-        None => crate::serial::print_line_forced(format_args!("VMDT FAIL {name} panic: {}", info.message())),
+        None => crate::serial::print_line_forced(format_args!(
+            "VMDT FAIL {name} panic: {}",
+            info.message()
+        )),
     }
     crate::power::poweroff()
 }

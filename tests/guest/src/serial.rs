@@ -3,7 +3,7 @@
 
 use core::fmt::{self, Write};
 
-use crate::cpu;
+use crate::cpu::{self, Deadline};
 use crate::sync::SpinLock;
 
 /// COM1 base port (transmit holding register).
@@ -14,6 +14,9 @@ const LSR: u16 = COM1 + 5;
 const LSR_THRE: u8 = 1 << 5;
 /// Polls of LSR before writing anyway (an absent UART must not hang us).
 const THRE_POLLS: u32 = 100_000;
+
+/// How long a failure report waits for the lock before printing anyway.
+const FORCED_WAIT_MS: u64 = 200;
 
 static LOCK: SpinLock = SpinLock::new();
 
@@ -49,7 +52,7 @@ pub fn print_line(args: fmt::Arguments) {
 /// Like [`print_line`], but for failure paths: takes the lock only if it
 /// comes free soon (the CPU that failed may have held it).
 pub fn print_line_forced(args: fmt::Arguments) {
-    let _guard = LOCK.lock_bounded(50_000_000);
+    let _guard = LOCK.lock_bounded(Deadline::after_ms(FORCED_WAIT_MS));
     let _ = Com1.write_fmt(args);
     put(b'\n');
 }

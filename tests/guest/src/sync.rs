@@ -4,6 +4,8 @@ use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
+use crate::cpu::Deadline;
+
 /// A test-and-test-and-set spin lock without data (it guards a device).
 pub struct SpinLock {
     locked: AtomicBool,
@@ -15,7 +17,9 @@ pub struct SpinGuard<'a>(&'a SpinLock);
 impl SpinLock {
     /// An unlocked lock.
     pub const fn new() -> Self {
-        SpinLock { locked: AtomicBool::new(false) }
+        SpinLock {
+            locked: AtomicBool::new(false),
+        }
     }
 
     /// Takes the lock, spinning as long as needed.
@@ -38,16 +42,18 @@ impl SpinLock {
             .map(|_| SpinGuard(self))
     }
 
-    /// Takes the lock, giving up after about `spins` attempts (for the
-    /// failure paths, which must print even if a dying CPU held the lock).
-    pub fn lock_bounded(&self, spins: u64) -> Option<SpinGuard<'_>> {
-        for _ in 0..spins {
+    /// Takes the lock, giving up at `deadline` (for the failure paths,
+    /// which must print even if a dying CPU held the lock).
+    pub fn lock_bounded(&self, deadline: Deadline) -> Option<SpinGuard<'_>> {
+        loop {
             if let Some(guard) = self.try_lock() {
                 return Some(guard);
             }
+            if deadline.expired() {
+                return None;
+            }
             core::hint::spin_loop();
         }
-        None
     }
 }
 
@@ -74,12 +80,19 @@ unsafe impl<T: Sync + Send> Sync for OnceCell<T> {}
 impl<T> OnceCell<T> {
     /// An empty cell.
     pub const fn new() -> Self {
-        OnceCell { state: AtomicU8::new(EMPTY), value: UnsafeCell::new(MaybeUninit::uninit()) }
+        OnceCell {
+            state: AtomicU8::new(EMPTY),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+        }
     }
 
     /// Stores `value` if the cell is empty; returns the stored value.
     pub fn set(&self, value: T) -> Option<&T> {
-        if self.state.compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        if self
+            .state
+            .compare_exchange(EMPTY, WRITING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             return None;
         }
         // SAFETY: the WRITING state gives this caller exclusive access.
