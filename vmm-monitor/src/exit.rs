@@ -5,6 +5,8 @@
 //! monitor's main thread, which owns the VM, acts on the first one.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Process exit code for a guest that powered off.
 pub const EXIT_POWEROFF: i32 = 0;
@@ -66,23 +68,62 @@ impl VmEvent {
 }
 
 /// A cloneable handle through which devices and vCPUs report a [`VmEvent`].
+///
+/// Sending an event also raises the VM's stop flag at once, so that the vCPU
+/// whose exit produced the event (say, the port write that powered off)
+/// does not enter the guest again before the main thread reacts.
 #[derive(Clone, Debug)]
 pub struct VmEvents {
     tx: crossbeam_channel::Sender<VmEvent>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl VmEvents {
     /// A handle and the receiver the monitor's main thread waits on.
     pub fn new() -> (Self, crossbeam_channel::Receiver<VmEvent>) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        (Self { tx }, rx)
+        (
+            Self {
+                tx,
+                stopping: Arc::new(AtomicBool::new(false)),
+            },
+            rx,
+        )
     }
 
     /// Reports `event`. Reporting after the VM has already stopped is harmless.
     pub fn send(&self, event: VmEvent) {
+        self.request_stop();
         // The receiver is gone only once the monitor is already tearing the
         // VM down, when a late event has nothing left to change.
         let _ = self.tx.send(event);
+    }
+
+    /// Raises the stop flag without an event.
+    fn request_stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// A handle on the stop flag alone, for the main thread: it holds no
+    /// sender, so the receiver still sees when every sender is gone.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stopping.clone())
+    }
+
+    /// True once the VM is ending: vCPUs must not enter the guest again.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// The stop flag of a VM, without the right to send events.
+#[derive(Clone, Debug)]
+pub struct StopHandle(Arc<AtomicBool>);
+
+impl StopHandle {
+    /// Raises the stop flag: vCPUs return instead of entering the guest.
+    pub fn request_stop(&self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -106,6 +147,16 @@ mod tests {
         for (i, a) in codes.iter().enumerate() {
             assert!(codes[i + 1..].iter().all(|b| a != b), "{codes:?}");
         }
+    }
+
+    #[test]
+    fn sending_an_event_raises_the_stop_flag_for_every_clone() {
+        let (events, rx) = VmEvents::new();
+        let other = events.clone();
+        assert!(!other.is_stopping());
+        events.send(VmEvent::Poweroff);
+        assert!(other.is_stopping());
+        assert_eq!(rx.try_recv(), Ok(VmEvent::Poweroff));
     }
 
     #[test]

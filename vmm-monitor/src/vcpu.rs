@@ -4,8 +4,10 @@
 //! the buses; everything that ends the VM becomes a [`VmEvent`] for the
 //! monitor's main thread. A vCPU thread never stops the process itself.
 //!
-//! Stopping: the main thread sets the shared stop flag and sends
-//! [`KICK_SIGNAL`] to each vCPU thread until it has returned. The signal
+//! Stopping: whoever sends a [`VmEvent`] raises the stop flag (see
+//! [`VmEvents`]), so the vCPU that caused it never re-enters the guest; the
+//! main thread then sends [`kick_signal`] to each vCPU thread until it has
+//! returned. The signal
 //! interrupts KVM_RUN (EINTR); the thread sees the flag and returns. A kick
 //! that lands just before KVM_RUN is entered is covered by the repetition.
 //!
@@ -14,7 +16,6 @@
 //! - After the stop flag is set, a vCPU thread enters KVM_RUN at most once
 //!   more before it returns.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{
@@ -77,18 +78,11 @@ pub struct Vcpu {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     events: VmEvents,
-    stop: Arc<AtomicBool>,
 }
 
 impl Vcpu {
     /// A vCPU whose exits go to `pio` and `mmio`, reporting to `events`.
-    pub fn new(
-        index: usize,
-        fd: VcpuFd,
-        buses: (Arc<Bus>, Arc<Bus>),
-        events: VmEvents,
-        stop: Arc<AtomicBool>,
-    ) -> Self {
+    pub fn new(index: usize, fd: VcpuFd, buses: (Arc<Bus>, Arc<Bus>), events: VmEvents) -> Self {
         let (pio, mmio) = buses;
         Self {
             index,
@@ -96,13 +90,12 @@ impl Vcpu {
             pio,
             mmio,
             events,
-            stop,
         }
     }
 
-    /// Runs the vCPU until the VM ends or the stop flag is set.
+    /// Runs the vCPU until the VM ends (the events' stop flag is raised).
     pub fn run(mut self) {
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.events.is_stopping() {
             if let Outcome::Stop(event) = self.run_once() {
                 // Stop this vCPU at once; the main thread stops the others.
                 self.events.send(event);

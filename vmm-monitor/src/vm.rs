@@ -13,7 +13,6 @@
 use std::fs::File;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -29,14 +28,14 @@ use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_LEN};
 use crate::devices::pci_host::{PciConfigIo, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
 use crate::devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{ConsoleSink, IrqLine, Serial, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
-use crate::exit::{VmEvent, VmEvents};
+use crate::exit::{StopHandle, VmEvent, VmEvents};
 use crate::loader::{BootProtocol, LoadParams};
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::Vcpu;
 use crate::{acpi, boot, cpuid, irq, layout, loader};
 
 /// How often a vCPU thread that has not stopped yet is kicked again.
-const KICK_INTERVAL: Duration = Duration::from_millis(5);
+const KICK_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Why a VM could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +137,7 @@ pub struct Vm {
     _vm: VmFd,
     _ram: GuestRam,
     events: crossbeam_channel::Receiver<VmEvent>,
-    stop: Arc<AtomicBool>,
+    stopper: StopHandle,
 }
 
 impl Vm {
@@ -177,7 +176,6 @@ impl Vm {
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("report its supported CPUID"))?;
-        let stop = Arc::new(AtomicBool::new(false));
         let mut vcpus = Vec::with_capacity(config.cpus);
         for index in 0..config.cpus {
             let fd = vm
@@ -197,7 +195,6 @@ impl Vm {
                 fd,
                 (pio.clone(), mmio.clone()),
                 events_tx.clone(),
-                stop.clone(),
             ));
         }
         log::info!(
@@ -215,7 +212,7 @@ impl Vm {
             _vm: vm,
             _ram: ram,
             events,
-            stop,
+            stopper: events_tx.stop_handle(),
         })
     }
 
@@ -249,7 +246,7 @@ impl Vm {
                 VmEvent::HostError("every vCPU thread ended without a reason".into())
             })),
         };
-        stop_vcpus(&self.stop, threads);
+        stop_vcpus(&self.stopper, threads);
         event
     }
 }
@@ -371,8 +368,8 @@ fn platform_devices(
 }
 
 /// Sets the stop flag and kicks every vCPU thread until it has returned.
-fn stop_vcpus(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
-    stop.store(true, Ordering::Release);
+fn stop_vcpus(stopper: &StopHandle, threads: Vec<JoinHandle<()>>) {
+    stopper.request_stop();
     for thread in threads {
         while !thread.is_finished() {
             // SAFETY: the pthread_t belongs to a thread we spawned and have not
