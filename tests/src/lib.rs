@@ -30,10 +30,16 @@ pub fn loud(message: &str) {
 /// True if /dev/kvm can be opened; otherwise prints a loud SKIPPED line
 /// naming `test` and returns false.
 pub fn kvm_or_skip(test: &str) -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
-            loud(&format!("SKIPPED {test}: /dev/kvm cannot be opened ({e}); KVM tests did not run"));
+            loud(&format!(
+                "SKIPPED {test}: /dev/kvm cannot be opened ({e}); KVM tests did not run"
+            ));
             false
         }
     }
@@ -43,7 +49,10 @@ pub fn kvm_or_skip(test: &str) -> bool {
 pub fn monitor_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/vmm-monitor
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
     let path = dir.join("vmm-monitor");
     assert!(
         path.exists(),
@@ -69,13 +78,19 @@ pub struct GuestRun {
 impl GuestRun {
     /// The `VMDT` lines, without the prefix.
     pub fn vmdt_lines(&self) -> Vec<&str> {
-        self.console.lines().filter_map(|l| l.trim_end().strip_prefix("VMDT ")).collect()
+        self.console
+            .lines()
+            .filter_map(|l| l.trim_end().strip_prefix("VMDT "))
+            .collect()
     }
 
     /// The data lines of `scenario`, without the `VMDT <scenario> ` prefix.
     pub fn data(&self, scenario: &str) -> Vec<&str> {
         let prefix = format!("{scenario} ");
-        self.vmdt_lines().into_iter().filter_map(|l| l.strip_prefix(prefix.as_str())).collect()
+        self.vmdt_lines()
+            .into_iter()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
     }
 
     /// The value of `key` in the first data line of `scenario` carrying it.
@@ -96,7 +111,9 @@ impl GuestRun {
         let pass = lines.iter().position(|l| *l == format!("PASS {scenario}"));
         let failed = lines.iter().any(|l| l.starts_with("FAIL"));
         assert!(
-            matches!((begin, pass), (Some(b), Some(p)) if b < p) && !failed && self.status.code() == Some(code),
+            matches!((begin, pass), (Some(b), Some(p)) if b < p)
+                && !failed
+                && self.status.code() == Some(code),
             "scenario {scenario} did not pass with exit code {code}:\n{self}"
         );
     }
@@ -120,12 +137,18 @@ pub struct Monitor {
 impl Monitor {
     /// The monitor booting the test guest with `cmdline`.
     pub fn guest(cmdline: &str) -> Self {
-        Self { kernel: PathBuf::from(TEST_GUEST), args: vec!["--cmdline".into(), cmdline.into()] }
+        Self {
+            kernel: PathBuf::from(TEST_GUEST),
+            args: vec!["--cmdline".into(), cmdline.into()],
+        }
     }
 
     /// The monitor booting `kernel` with no other argument.
     pub fn kernel(kernel: impl Into<PathBuf>) -> Self {
-        Self { kernel: kernel.into(), args: Vec::new() }
+        Self {
+            kernel: kernel.into(),
+            args: Vec::new(),
+        }
     }
 
     /// Adds raw arguments.

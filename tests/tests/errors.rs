@@ -55,7 +55,13 @@ fn triple_fault_kernel() -> PathBuf {
         p
     };
     elf.extend(phdr(1, 0, LOAD_ADDR, total, 0x1000)); // PT_LOAD
-    elf.extend(phdr(4, note_off, LOAD_ADDR + note_off as u64, note.len(), 4)); // PT_NOTE
+    elf.extend(phdr(
+        4,
+        note_off,
+        LOAD_ADDR + note_off as u64,
+        note.len(),
+        4,
+    )); // PT_NOTE
     elf.extend(note);
     elf.extend(code);
     assert_eq!(elf.len(), total);
@@ -73,9 +79,16 @@ fn triple_fault_stops_vm_naming_vcpu_reason_and_rip() {
     let run = Monitor::kernel(&kernel).memory("16M").run();
     std::fs::remove_file(&kernel).ok();
     assert_eq!(run.status.code(), Some(EXIT_GUEST_CRASH), "{run}");
-    let message: Vec<_> = run.log.lines().filter(|l| l.contains("VM stopped")).collect();
+    let message: Vec<_> = run
+        .log
+        .lines()
+        .filter(|l| l.contains("VM stopped"))
+        .collect();
     assert_eq!(message.len(), 1, "{run}");
-    assert!(message[0].contains("vcpu 0: triple fault (KVM_EXIT_SHUTDOWN) at rip 0x"), "{run}");
+    assert!(
+        message[0].contains("vcpu 0: triple fault (KVM_EXIT_SHUTDOWN) at rip 0x"),
+        "{run}"
+    );
     assert!(!run.log.contains("panicked"), "{run}");
 }
 
@@ -86,7 +99,11 @@ fn missing_kernel_is_named_in_the_error() {
     }
     let run = Monitor::kernel("/nonexistent/vmlinuz").memory("16M").run();
     assert_eq!(run.status.code(), Some(EXIT_HOST_ERROR), "{run}");
-    assert!(run.log.contains("cannot open kernel /nonexistent/vmlinuz: No such file"), "{run}");
+    assert!(
+        run.log
+            .contains("cannot open kernel /nonexistent/vmlinuz: No such file"),
+        "{run}"
+    );
 }
 
 #[test]

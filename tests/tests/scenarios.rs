@@ -13,9 +13,15 @@ fn hello_prints_cmdline_and_powers_off() {
     if !kvm_or_skip("hello_prints_cmdline_and_powers_off") {
         return;
     }
-    let run = Monitor::guest("test=hello extra=words").memory("128M").run();
+    let run = Monitor::guest("test=hello extra=words")
+        .memory("128M")
+        .run();
     run.assert_passed("hello", EXIT_POWEROFF);
-    assert_eq!(run.data("hello"), vec!["cmdline=test=hello extra=words"], "{run}");
+    assert_eq!(
+        run.data("hello"),
+        vec!["cmdline=test=hello extra=words"],
+        "{run}"
+    );
 }
 
 #[test]
@@ -24,7 +30,11 @@ fn unknown_scenario_fails_visibly() {
         return;
     }
     let run = Monitor::guest("test=no-such-thing").memory("64M").run();
-    assert!(run.vmdt_lines().contains(&"FAIL no-such-thing unknown scenario"), "{run}");
+    assert!(
+        run.vmdt_lines()
+            .contains(&"FAIL no-such-thing unknown scenario"),
+        "{run}"
+    );
     assert_eq!(run.status.code(), Some(EXIT_POWEROFF), "{run}");
 }
 
@@ -66,11 +76,24 @@ fn smp_8_vcpus() {
 fn mem_verifies_all_ram(memory: &str, bytes: u64, cpus: usize) {
     let run = Monitor::guest("test=mem").cpus(cpus).memory(memory).run();
     run.assert_passed("mem", EXIT_POWEROFF);
-    let tested: u64 = run.value("mem", "tested").and_then(|v| v.parse().ok()).expect("tested=");
-    let high: u64 = run.value("mem", "high").and_then(|v| v.parse().ok()).expect("high=");
+    let tested: u64 = run
+        .value("mem", "tested")
+        .and_then(|v| v.parse().ok())
+        .expect("tested=");
+    let high: u64 = run
+        .value("mem", "high")
+        .and_then(|v| v.parse().ok())
+        .expect("high=");
     // Everything but the first MiB and the guest's own image (a few MiB at most).
-    assert!(tested <= bytes && tested >= bytes - (8 << 20), "tested {tested} of {bytes}:\n{run}");
-    assert_eq!(high, bytes.saturating_sub(3 << 30), "RAM above 4 GiB:\n{run}");
+    assert!(
+        tested <= bytes && tested >= bytes - (8 << 20),
+        "tested {tested} of {bytes}:\n{run}"
+    );
+    assert_eq!(
+        high,
+        bytes.saturating_sub(3 << 30),
+        "RAM above 4 GiB:\n{run}"
+    );
 }
 
 #[test]
@@ -90,7 +113,10 @@ fn mem_above_4g_2_vcpus() {
 fn timer_ticks(cpus: usize) {
     let run = Monitor::guest("test=timer").cpus(cpus).memory("64M").run();
     run.assert_passed("timer", EXIT_POWEROFF);
-    let ticks: u64 = run.value("timer", "ticks").and_then(|v| v.parse().ok()).expect("ticks=");
+    let ticks: u64 = run
+        .value("timer", "ticks")
+        .and_then(|v| v.parse().ok())
+        .expect("ticks=");
     assert!(ticks >= 10, "{run}");
 }
 

@@ -48,9 +48,15 @@ fn run_once(mut command: Command) -> Result<Sample, String> {
     let output = String::from_utf8_lossy(&first) + String::from_utf8_lossy(&rest);
     if !output.contains("VMDT PASS hello") {
         let status = std::process::ExitStatus::from_raw(status);
-        return Err(format!("{command:?} did not pass hello ({status}):\n{output}"));
+        return Err(format!(
+            "{command:?} did not pass hello ({status}):\n{output}"
+        ));
     }
-    Ok(Sample { first_byte, exit, max_rss_kib: usage.ru_maxrss })
+    Ok(Sample {
+        first_byte,
+        exit,
+        max_rss_kib: usage.ru_maxrss,
+    })
 }
 
 fn ours(monitor: &str, guest: &str) -> Command {
@@ -60,10 +66,23 @@ fn ours(monitor: &str, guest: &str) -> Command {
     c
 }
 
-fn qemu(guest: &str) -> Command {
+/// QEMU's microvm; `irqchip` picks its KVM irqchip mode: `None` is QEMU's
+/// default for microvm (split: PIC, IOAPIC and PIT in QEMU), `Some("on")`
+/// puts them all in the kernel, as vmm-monitor does.
+fn qemu(guest: &str, irqchip: Option<&str>) -> Command {
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-accel", "kvm", "-M", "microvm", "-smp", "1"]);
-    c.args(["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"]);
+    match irqchip {
+        Some(mode) => c.arg("-accel").arg(format!("kvm,kernel-irqchip={mode}")),
+        None => c.args(["-accel", "kvm"]),
+    };
+    c.args(["-M", "microvm", "-smp", "1"]);
+    c.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+    ]);
     c.arg("-m").arg(format!("{MEMORY_MIB}M"));
     c.args(["-kernel", guest, "-append", "test=hello"]);
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
@@ -73,7 +92,11 @@ fn qemu(guest: &str) -> Command {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 struct Summary {
@@ -87,23 +110,39 @@ fn summarize(samples: &[Sample]) -> Summary {
     Summary {
         first_ms: median(samples.iter().map(|s| ms(s.first_byte)).collect()),
         exit_ms: median(samples.iter().map(|s| ms(s.exit)).collect()),
-        rss_mib: median(samples.iter().map(|s| s.max_rss_kib as f64 / 1024.0).collect()),
+        rss_mib: median(
+            samples
+                .iter()
+                .map(|s| s.max_rss_kib as f64 / 1024.0)
+                .collect(),
+        ),
     }
 }
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
-    let monitor = std::env::var("VMD_MONITOR").unwrap_or_else(|_| "target/release/vmm-monitor".into());
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20);
+    let monitor =
+        std::env::var("VMD_MONITOR").unwrap_or_else(|_| "target/release/vmm-monitor".into());
     let guest = std::env::var("VMD_TEST_GUEST").unwrap_or_else(|_| vmd_tests::TEST_GUEST.into());
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+    type Peer<'a> = (&'a str, Box<dyn Fn() -> Command + 'a>);
+    let peers: [Peer<'_>; 3] = [
+        ("vmm-monitor", Box::new(|| ours(&monitor, &guest))),
+        ("qemu microvm", Box::new(|| qemu(&guest, None))),
+        (
+            "qemu microvm irqchip=on",
+            Box::new(|| qemu(&guest, Some("on"))),
+        ),
+    ];
+    let mut samples: Vec<Vec<Sample>> = peers.iter().map(|_| Vec::new()).collect();
     for i in 0..runs {
-        // Interleave, alternating who goes first, so drift hits both alike.
-        let order = if i % 2 == 0 { [true, false] } else { [false, true] };
-        for is_ours in order {
-            let result = if is_ours { run_once(ours(&monitor, &guest)) } else { run_once(qemu(&guest)) };
-            match result {
-                Ok(s) if is_ours => a.push(s),
-                Ok(s) => b.push(s),
+        // Interleave, rotating who goes first, so drift hits every peer alike.
+        for k in 0..peers.len() {
+            let p = (i + k) % peers.len();
+            match run_once(peers[p].1()) {
+                Ok(sample) => samples[p].push(sample),
                 Err(e) => {
                     eprintln!("bench-boot: {e}");
                     std::process::exit(1);
@@ -111,13 +150,23 @@ fn main() {
             }
         }
     }
-    let (ours, qemu) = (summarize(&a), summarize(&b));
-    println!("hello, 1 vCPU, {MEMORY_MIB} MiB, {runs} runs each, medians:");
-    println!("{:<28} {:>12} {:>12} {:>8}", "", "vmm-monitor", "qemu microvm", "ratio");
-    let row = |name: &str, x: f64, y: f64, unit: &str| {
-        println!("{name:<28} {:>9.1} {unit} {:>9.1} {unit} {:>8.2}", x, y, x / y);
+    let sums: Vec<Summary> = samples.iter().map(|s| summarize(s)).collect();
+    println!(
+        "hello, 1 vCPU, {MEMORY_MIB} MiB, {runs} runs each, medians (ratio = vmm-monitor / peer):"
+    );
+    println!(
+        "{:<26} {:>12} {:>14} {:>7} {:>24} {:>7}",
+        "", peers[0].0, peers[1].0, "ratio", peers[2].0, "ratio"
+    );
+    let row = |name: &str, f: &dyn Fn(&Summary) -> f64, unit: &str| {
+        let (a, b, c) = (f(&sums[0]), f(&sums[1]), f(&sums[2]));
+        println!(
+            "{name:<26} {a:>8.1} {unit:<3} {b:>10.1} {unit:<3} {:>7.2} {c:>20.1} {unit:<3} {:>7.2}",
+            a / b,
+            a / c
+        );
     };
-    row("start to first COM1 byte", ours.first_ms, qemu.first_ms, "ms");
-    row("start to exit", ours.exit_ms, qemu.exit_ms, "ms");
-    row("peak RSS", ours.rss_mib, qemu.rss_mib, "MiB");
+    row("start to first COM1 byte", &|s| s.first_ms, "ms");
+    row("start to exit", &|s| s.exit_ms, "ms");
+    row("peak RSS", &|s| s.rss_mib, "MiB");
 }
