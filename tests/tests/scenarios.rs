@@ -42,12 +42,24 @@ fn smp_reports_every_apic_id(cpus: usize) {
     let run = Monitor::guest("test=smp").cpus(cpus).memory("128M").run();
     run.assert_passed("smp", EXIT_POWEROFF);
     assert_eq!(run.value("smp", "cpus"), Some(cpus.to_string()), "{run}");
-    let mut ids: Vec<usize> = run
-        .data("smp")
-        .iter()
-        .filter_map(|l| l.strip_prefix("cpu apic="))
-        .map(|id| id.parse().expect("numeric APIC ID"))
-        .collect();
+    let mut ids = Vec::new();
+    for line in run.data("smp").iter().filter(|l| l.starts_with("cpu ")) {
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("no {key}= in {line:?}:\n{run}"))
+        };
+        let apic = field("apic");
+        // CPUID must describe the same machine as the LAPIC and the MADT.
+        assert_eq!(field("cpuid1"), apic, "CPUID leaf 1 APIC ID:\n{run}");
+        assert_eq!(field("cpuidb"), apic, "CPUID leaf 0xB x2APIC ID:\n{run}");
+        assert_eq!(
+            field("cores"),
+            cpus.to_string(),
+            "CPUID leaf 0xB core count:\n{run}"
+        );
+        ids.push(apic.parse::<usize>().expect("numeric APIC ID"));
+    }
     ids.sort_unstable();
     assert_eq!(ids, (0..cpus).collect::<Vec<_>>(), "{run}");
 }

@@ -4,7 +4,7 @@
 
 use core::arch::asm;
 
-use crate::entry::{OP_CLI, OP_PARK, OP_STI};
+use crate::entry::{OP_CLI, OP_CPUID, OP_PARK, OP_STI};
 
 /// Writes a byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
@@ -57,21 +57,28 @@ pub fn rdtsc() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
-/// Executes CPUID for `leaf`/`subleaf`: (eax, ebx, ecx, edx).
+/// CPUID of `leaf`/`subleaf` as the VMM defines it: (eax, ebx, ecx, edx).
+///
+/// Executed at CPL0 by an `int3` request ([`OP_CPUID`]): there CPUID always
+/// traps to the VMM, while at CPL3 our development hosts run it natively
+/// and return the host CPU's values.
 pub fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
     let (a, b, c, d): (u32, u32, u32, u32);
-    // SAFETY: cpuid has no side effects; rbx is reserved by LLVM, so it is
-    // saved and restored around the instruction.
+    // SAFETY: the request runs CPUID at CPL0 and returns; it touches no
+    // memory. rbx is reserved by LLVM, so it is saved and restored around
+    // the request.
     unsafe {
         asm!(
             "mov {tmp:r}, rbx",
-            "cpuid",
+            "int3",
             "xchg {tmp:r}, rbx",
             tmp = out(reg) b,
-            inout("eax") leaf => a,
-            inout("ecx") subleaf => c,
+            inout("eax") OP_CPUID => a,
+            in("esi") leaf,
+            in("edi") subleaf,
+            out("ecx") c,
             out("edx") d,
-            options(nomem, nostack, preserves_flags)
+            options(nomem)
         )
     };
     (a, b, c, d)

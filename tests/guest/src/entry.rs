@@ -56,6 +56,11 @@ pub const OP_STI: u32 = 0x5654_4901;
 pub const OP_CLI: u32 = 0x5654_4902;
 /// `int3` request: halt this CPU for good (cli; hlt at CPL0).
 pub const OP_PARK: u32 = 0x5654_4903;
+/// `int3` request: execute CPUID at CPL0 for leaf esi, subleaf edi; the
+/// results come back in eax, ebx, ecx, edx. At CPL0 CPUID always traps to
+/// the VMM; at CPL3 our development hosts execute it natively and show the
+/// host's CPU, not the one the VMM defined.
+pub const OP_CPUID: u32 = 0x5654_4904;
 /// LAPIC spurious interrupt vector (the stub just returns).
 pub const VEC_SPURIOUS: u8 = 0xFF;
 /// Size of a 64-bit TSS.
@@ -165,11 +170,17 @@ vmdt_isr_breakpoint:
     je 3f
     cmp ${op_park}, %eax
     je vmdt_isr_park
+    cmp ${op_cpuid}, %eax
+    je 4f
     push $3
     jmp vmdt_isr_report
 2:  orq $0x200, 16(%rsp)
     iretq
 3:  andq $~0x200, 16(%rsp)
+    iretq
+4:  mov %esi, %eax
+    mov %edi, %ecx
+    cpuid
     iretq
 
     .globl vmdt_isr_park
@@ -354,6 +365,7 @@ vmdt_ustacks:
     op_sti = const OP_STI,
     op_cli = const OP_CLI,
     op_park = const OP_PARK,
+    op_cpuid = const OP_CPUID,
     tss_size = const TSS_SIZE,
     iomap0 = const IOMAP_OFFSET0,
     iomap_bytes = const IOMAP_BYTES,

@@ -71,11 +71,11 @@ fn ram_in(boot: &BootInfo, start: u64, end: u64) -> u64 {
 
 /// Maps 0..4 GiB and all RAM up to [`MAPPABLE_END`]. Call once, on the BSP.
 ///
-/// 2 MiB pages by default: on our development hosts CPUID offers 1 GiB
-/// pages but CPL3 accesses through them fault. `pages=1g` on the command
-/// line uses them where CPUID offers them.
+/// 1 GiB pages where the VMM's CPUID offers them (on our development hosts
+/// it does not), else 2 MiB pages; `pages=2m` on the command line forces
+/// 2 MiB pages.
 pub fn init(boot: &BootInfo) -> Result<(), &'static str> {
-    let use_1g = boot.arg("pages") == Some("1g") && has_1g_pages();
+    let use_1g = boot.arg("pages") != Some("2m") && has_1g_pages();
     MAPPED[0].fetch_or(1, Ordering::SeqCst);
     for slot in 1..(MAPPABLE_END / GIB) {
         let base = slot * GIB;

@@ -33,7 +33,7 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         crate::fail!("{cpus} CPUs in the MADT (supported: 1..={MAX_CPUS})");
     }
     let me = lapic::id();
-    crate::println!("VMDT {} cpu apic={me}", ctx.name);
+    print_cpu(me);
     REPORTED[0].store(me + 1, Ordering::SeqCst);
     if !ids.contains(&me) {
         crate::fail!("BSP APIC ID {me} not in the MADT");
@@ -73,10 +73,37 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
     Ok(())
 }
 
+/// CPUID leaf that lists the x2APIC topology levels.
+const LEAF_TOPOLOGY: u32 = 0xb;
+
+/// Prints this CPU's line: its LAPIC ID, the initial APIC ID of CPUID leaf
+/// 1 (EBX[31:24]), and from leaf 0xB the x2APIC ID (EDX) and the number of
+/// logical processors at the core level (subleaf 1, EBX[15:0]), `-` when
+/// the leaf is absent. A VMM with a consistent topology makes all IDs equal
+/// and `cores` the CPU count.
+fn print_cpu(apic: u32) {
+    let (_, ebx1, ..) = cpu::cpuid(1, 0);
+    let (max_leaf, ..) = cpu::cpuid(0, 0);
+    if max_leaf >= LEAF_TOPOLOGY {
+        let (.., x2apic) = cpu::cpuid(LEAF_TOPOLOGY, 0);
+        let (_, cores, ..) = cpu::cpuid(LEAF_TOPOLOGY, 1);
+        crate::println!(
+            "VMDT smp cpu apic={apic} cpuid1={} cpuidb={x2apic} cores={}",
+            ebx1 >> 24,
+            cores & 0xffff
+        );
+    } else {
+        crate::println!(
+            "VMDT smp cpu apic={apic} cpuid1={} cpuidb=- cores=-",
+            ebx1 >> 24
+        );
+    }
+}
+
 /// What each AP runs at CPL3: report, then park.
 fn report(index: usize) -> ! {
     let id = lapic::id();
-    crate::println!("VMDT smp cpu apic={id}");
+    print_cpu(id);
     REPORTED[index].store(id + 1, Ordering::SeqCst);
     DONE.fetch_add(1, Ordering::SeqCst);
     cpu::park()
