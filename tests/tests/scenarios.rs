@@ -85,6 +85,13 @@ fn smp_8_vcpus() {
     }
 }
 
+#[test]
+fn smp_64_vcpus_the_most_a_vm_may_have() {
+    if kvm_or_skip("smp_64_vcpus_the_most_a_vm_may_have") {
+        smp_reports_every_apic_id(64);
+    }
+}
+
 fn mem_verifies_all_ram(memory: &str, bytes: u64, cpus: usize) {
     let run = Monitor::guest("test=mem").cpus(cpus).memory(memory).run();
     run.assert_passed("mem", EXIT_POWEROFF);
@@ -109,9 +116,11 @@ fn mem_verifies_all_ram(memory: &str, bytes: u64, cpus: usize) {
 }
 
 #[test]
-fn mem_128m_1_vcpu() {
-    if kvm_or_skip("mem_128m_1_vcpu") {
-        mem_verifies_all_ram("128M", 128 << 20, 1);
+fn mem_128m_1_2_8_vcpus() {
+    if kvm_or_skip("mem_128m_1_2_8_vcpus") {
+        for cpus in [1, 2, 8] {
+            mem_verifies_all_ram("128M", 128 << 20, cpus);
+        }
     }
 }
 
@@ -147,14 +156,23 @@ fn timer_2_vcpus() {
 }
 
 #[test]
+fn timer_8_vcpus() {
+    if kvm_or_skip("timer_8_vcpus") {
+        timer_ticks(8);
+    }
+}
+
+#[test]
 fn reboot_by_acpi_reset_register_exits_with_reboot_code() {
     if !kvm_or_skip("reboot_by_acpi_reset_register_exits_with_reboot_code") {
         return;
     }
-    let run = Monitor::guest("test=reboot").cpus(2).memory("64M").run();
-    assert_eq!(run.data("reboot"), vec!["method=acpi"], "{run}");
-    assert_eq!(run.status.code(), Some(EXIT_REBOOT), "{run}");
-    assert!(!run.console.contains("VMDT FAIL"), "{run}");
+    for cpus in [1, 2, 8] {
+        let run = Monitor::guest("test=reboot").cpus(cpus).memory("64M").run();
+        assert_eq!(run.data("reboot"), vec!["method=acpi"], "{run}");
+        assert_eq!(run.status.code(), Some(EXIT_REBOOT), "{run}");
+        assert!(!run.console.contains("VMDT FAIL"), "{run}");
+    }
 }
 
 #[test]
