@@ -166,6 +166,19 @@ pub enum LoaderError {
         /// The value.
         addr: u64,
     },
+    /// A PVH ELF segment would land below 1 MiB, over the boot structures.
+    #[error(
+        "ELF segment {index} at {addr:#x} ({size:#x} bytes) lies below 1 MiB, \
+         where the monitor's boot structures are; link the kernel at 1 MiB or above"
+    )]
+    SegmentBelowHighMemory {
+        /// Program header index.
+        index: u64,
+        /// Its physical load address.
+        addr: u64,
+        /// Its size in memory.
+        size: u64,
+    },
     /// The memory map has more entries than the boot structure can hold.
     #[error("the memory map has {count} entries, the {table} holds at most {max}")]
     TooManyMemoryMapEntries {

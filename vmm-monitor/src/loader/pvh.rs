@@ -21,6 +21,7 @@ use super::{
     KernelEntry, LoadParams, LoaderError, LAYOUT_CMDLINE_MAX_LEN,
 };
 use crate::layout;
+use std::io::SeekFrom;
 
 /// `hvm_start_info` version we write: 1 adds the memory map fields.
 pub const START_INFO_VERSION: u32 = 1;
@@ -45,6 +46,7 @@ pub(super) fn load<M: GuestMemoryBackend, F: Image>(
         LAYOUT_CMDLINE_MAX_LEN,
         "the layout's CMDLINE_MAX_SIZE",
     )?;
+    check_segments(params.kernel)?;
     let loaded =
         Elf::load(mem, None, params.kernel, Some(layout::HIMEM_START)).map_err(LoaderError::Elf)?;
     let PvhBootCapability::PvhEntryPresent(entry) = loaded.pvh_boot_cap else {
@@ -80,6 +82,62 @@ pub(super) fn load<M: GuestMemoryBackend, F: Image>(
         protocol: BootProtocol::Pvh,
         entry,
         initrd,
+    })
+}
+
+/// ELF program header type of a loadable segment.
+const PT_LOAD: u32 = 1;
+/// Offsets in the ELF64 file header.
+const E_PHOFF: usize = 32;
+const E_PHENTSIZE: usize = 54;
+const E_PHNUM: usize = 56;
+/// Size of an ELF64 file header and of a program header.
+const EHDR_SIZE: usize = 64;
+const PHDR_SIZE: usize = 56;
+
+/// Refuses an ELF with a loadable segment below 1 MiB, where the monitor's
+/// own boot structures (start info, command line, ACPI tables) live:
+/// linux-loader checks only the entry point, and such a segment would
+/// silently overwrite them.
+fn check_segments<F: Image>(kernel: &mut F) -> Result<(), LoaderError> {
+    let result = first_low_segment(kernel);
+    kernel.rewind().map_err(|source| LoaderError::ReadImage {
+        what: "kernel",
+        source,
+    })?;
+    match result {
+        Some((index, addr, size)) => Err(LoaderError::SegmentBelowHighMemory { index, addr, size }),
+        // A truncated or malformed header is linux-loader's to report, with
+        // its own error, when it parses the same bytes.
+        None => Ok(()),
+    }
+}
+
+/// The first PT_LOAD segment below 1 MiB: (index, address, size); `None`
+/// if there is none or the headers cannot be read.
+fn first_low_segment<F: Image>(kernel: &mut F) -> Option<(u64, u64, u64)> {
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |b: &[u8], o: usize| {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(v)
+    };
+    let mut ehdr = [0u8; EHDR_SIZE];
+    kernel.rewind().ok()?;
+    kernel.read_exact(&mut ehdr).ok()?;
+    if usize::from(u16_at(&ehdr, E_PHENTSIZE)) != PHDR_SIZE {
+        return None;
+    }
+    let phoff = u64_at(&ehdr, E_PHOFF);
+    (0..u64::from(u16_at(&ehdr, E_PHNUM))).find_map(|index| {
+        let mut phdr = [0u8; PHDR_SIZE];
+        let at = phoff.checked_add(index * PHDR_SIZE as u64)?;
+        kernel.seek(SeekFrom::Start(at)).ok()?;
+        kernel.read_exact(&mut phdr).ok()?;
+        let kind = u32::from_le_bytes([phdr[0], phdr[1], phdr[2], phdr[3]]);
+        let (paddr, memsz) = (u64_at(&phdr, 24), u64_at(&phdr, 40));
+        (kind == PT_LOAD && memsz > 0 && paddr < layout::HIMEM_START.0)
+            .then_some((index, paddr, memsz))
     })
 }
 
@@ -237,6 +295,28 @@ mod tests {
         let mut i = initrd.map(Cursor::new);
         let r = load_kernel(&mem, params(&mut k, i.as_mut(), cmdline));
         (mem, r)
+    }
+
+    #[test]
+    fn pvh_segment_below_1m_is_rejected_before_loading() {
+        let mut elf = tiny_elf(NOTE_PHYS32_ENTRY);
+        put64(&mut elf, 64 + 24, 0xe_0000); // PT_LOAD p_paddr: the ACPI area
+        let (mem, r) = load_elf(elf, None, "quiet");
+        assert!(
+            matches!(
+                r,
+                Err(LoaderError::SegmentBelowHighMemory {
+                    index: 0,
+                    addr: 0xe_0000,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let mut untouched = [0u8; 4];
+        mem.read_slice(&mut untouched, GuestAddress(0xe_0000))
+            .unwrap();
+        assert_eq!(untouched, [0; 4], "nothing was written");
     }
 
     #[test]
