@@ -16,6 +16,7 @@
 //! - [`irq`]: the GSI routing table (legacy pins now, MSI later).
 //! - [`bus`]: port-I/O and MMIO dispatch of vCPU exits.
 //! - [`devices`]: the in-process platform devices.
+//! - [`virtio`]: virtio devices behind the virtio-pci transport.
 //! - [`vcpu`]: vCPU threads and their exit handling.
 //! - [`vm`]: putting it together: build a VM from a [`config::VmConfig`] and run it.
 //! - [`exit`]: how a VM ends, and the monitor's exit codes.
@@ -33,4 +34,5 @@ pub mod loader;
 pub mod logger;
 pub mod memory;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;

@@ -1,0 +1,1 @@
+//! The shared vhost-user backend layer (being written).
