@@ -19,6 +19,10 @@ pub const EXIT_REBOOT: i32 = 3;
 /// error, or an exit the monitor cannot handle.
 pub const EXIT_GUEST_CRASH: i32 = 4;
 
+/// Process exit code for a VM stopped because one of its device processes
+/// died.
+pub const EXIT_DEVICE_DIED: i32 = 5;
+
 /// Why a vCPU stopped the VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VcpuFault {
@@ -53,6 +57,13 @@ pub enum VmEvent {
     /// The host side failed while the VM ran (e.g. KVM_RUN returned an
     /// unexpected error).
     HostError(String),
+    /// A device process ended while the VM ran.
+    DeviceDied {
+        /// The device's name (e.g. "disk0").
+        device: String,
+        /// How it ended ("exited with status 1", "killed by signal 9").
+        how: String,
+    },
 }
 
 impl VmEvent {
@@ -63,6 +74,7 @@ impl VmEvent {
             VmEvent::Reboot => EXIT_REBOOT,
             VmEvent::Crash(_) => EXIT_GUEST_CRASH,
             VmEvent::HostError(_) => EXIT_HOST_ERROR,
+            VmEvent::DeviceDied { .. } => EXIT_DEVICE_DIED,
         }
     }
 }
@@ -143,6 +155,11 @@ mod tests {
             })
             .exit_code(),
             VmEvent::HostError("x".into()).exit_code(),
+            VmEvent::DeviceDied {
+                device: "disk0".into(),
+                how: "x".into(),
+            }
+            .exit_code(),
         ];
         for (i, a) in codes.iter().enumerate() {
             assert!(codes[i + 1..].iter().all(|b| a != b), "{codes:?}");

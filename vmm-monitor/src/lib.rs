@@ -15,6 +15,7 @@
 //! - [`cpuid`]: the CPUID each vCPU sees, with a consistent topology.
 //! - [`irq`]: the GSI routing table (legacy pins now, MSI later).
 //! - [`bus`]: port-I/O and MMIO dispatch of vCPU exits.
+//! - [`device_proc`]: starting device processes with their fds, noticing their death.
 //! - [`devices`]: the in-process platform devices.
 //! - [`virtio`]: virtio devices behind the virtio-pci transport.
 //! - [`vcpu`]: vCPU threads and their exit handling.
@@ -26,6 +27,7 @@ pub mod boot;
 pub mod bus;
 pub mod config;
 pub mod cpuid;
+pub mod device_proc;
 pub mod devices;
 pub mod exit;
 pub mod irq;

@@ -31,6 +31,9 @@ fn main() -> ExitCode {
                 VmEvent::Reboot => log::info!("guest asked to reboot"),
                 VmEvent::Crash(fault) => log::error!("VM stopped: {fault}"),
                 VmEvent::HostError(why) => log::error!("VM stopped: {why}"),
+                VmEvent::DeviceDied { device, how } => {
+                    log::error!("VM stopped: device process {device} {how}")
+                }
             }
             event.exit_code()
         }

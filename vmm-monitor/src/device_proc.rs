@@ -1,0 +1,271 @@
+//! Device processes: starting one with the fds it needs, and noticing when
+//! it dies.
+//!
+//! A device process (dev-block, later dev-net and dev-console) is a sibling
+//! binary of the monitor. It gets its vhost-user connection and its host
+//! resources as inherited fds at fixed numbers from 3 up, in the order
+//! given, and opens nothing by path. A waiter thread per process reaps it
+//! and, unless the VM is already ending, reports its death as a
+//! [`VmEvent::DeviceDied`] so that the VM stops with a message naming the
+//! device (restarting it is a later step).
+//!
+//! # Invariants
+//! - Only the fds passed to [`DeviceProcess::spawn`] are open in the child
+//!   besides stdin/stdout/stderr: every other fd of the monitor is
+//!   close-on-exec.
+//! - Every spawned process is reaped by its waiter thread; dropping a
+//!   [`DeviceProcess`] kills the process if it still runs.
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+
+use crate::exit::{VmEvent, VmEvents};
+
+/// First fd number a device process finds its passed fds at.
+pub const FIRST_PASSED_FD: RawFd = 3;
+
+/// Why a device process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceProcessError {
+    /// The device binary is not next to the monitor.
+    #[error("cannot find the {binary} binary at {path}")]
+    Missing {
+        /// The binary's name.
+        binary: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// fork/exec failed.
+    #[error("cannot start {name}")]
+    Spawn {
+        /// The device's name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Path of the device binary `binary` next to the running monitor.
+pub fn sibling_binary(binary: &'static str) -> Result<PathBuf, DeviceProcessError> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let path = exe.parent().unwrap_or(Path::new(".")).join(binary);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(DeviceProcessError::Missing { binary, path })
+    }
+}
+
+/// A running device process.
+pub struct DeviceProcess {
+    name: String,
+    pid: u32,
+    child: Arc<Mutex<Option<Child>>>,
+}
+
+impl DeviceProcess {
+    /// Starts `program args...` named `name` (for messages, e.g. "disk0"),
+    /// with `fds` at 3, 4, ... in the child. A waiter thread reports its
+    /// death to `events` unless the VM is already stopping.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        fds: &[BorrowedFd<'_>],
+        events: VmEvents,
+    ) -> Result<Self, DeviceProcessError> {
+        let sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let mut command = Command::new(program);
+        command.args(args);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls async-signal-safe functions (dup, dup2, fcntl, close) on fds
+        // the parent keeps open for the duration of spawn().
+        unsafe {
+            command.pre_exec(move || place_fds(&sources));
+        }
+        let child = command
+            .spawn()
+            .map_err(|source| DeviceProcessError::Spawn {
+                name: name.to_string(),
+                source,
+            })?;
+        let pid = child.id();
+        let child = Arc::new(Mutex::new(Some(child)));
+        let waiter_child = child.clone();
+        let waiter_name = name.to_string();
+        let spawned = std::thread::Builder::new()
+            .name(format!("wait-{name}"))
+            .spawn(move || wait_for(&waiter_name, &waiter_child, &events));
+        if let Err(source) = spawned {
+            kill(&child);
+            return Err(DeviceProcessError::Spawn {
+                name: name.to_string(),
+                source,
+            });
+        }
+        log::info!("{name}: started {} as pid {pid}", program.display());
+        Ok(Self {
+            name: name.to_string(),
+            pid,
+            child,
+        })
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for DeviceProcess {
+    fn drop(&mut self) {
+        kill(&self.child);
+    }
+}
+
+/// Kills the child if the waiter has not reaped it yet.
+fn kill(child: &Mutex<Option<Child>>) {
+    if let Some(child) = child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        // The process may have exited already: then there is nothing to kill.
+        let _ = child.kill();
+    }
+}
+
+/// Reaps the child and reports its death.
+fn wait_for(name: &str, child: &Mutex<Option<Child>>, events: &VmEvents) {
+    let pid = match child.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        Some(c) => c.id() as libc::pid_t,
+        None => return,
+    };
+    let mut status = 0;
+    // Wait without holding the lock (so that kill() can run meanwhile); the
+    // Child is then reaped here, and taken out so nobody signals a reused pid.
+    // SAFETY: waitpid on our own child with a valid status pointer.
+    let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+    let taken = child.lock().unwrap_or_else(|p| p.into_inner()).take();
+    drop(taken);
+    if ret < 0 {
+        log::warn!(
+            "{name}: cannot wait for pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let how = describe(std::process::ExitStatus::from_raw(status));
+    if events.is_stopping() {
+        log::debug!("{name}: pid {pid} {how}");
+    } else {
+        events.send(VmEvent::DeviceDied {
+            device: name.to_string(),
+            how,
+        });
+    }
+}
+
+/// "exited with status N" or "killed by signal N".
+fn describe(status: std::process::ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => "ended".to_string(),
+    }
+}
+
+/// In the child: moves `sources` to 3, 4, ... and clears close-on-exec on
+/// them. Sources are first duplicated above the target range, so that a
+/// source already sitting on a target number is not clobbered.
+fn place_fds(sources: &[RawFd]) -> std::io::Result<()> {
+    let high = FIRST_PASSED_FD + sources.len() as RawFd;
+    let mut temps = Vec::with_capacity(sources.len());
+    for &fd in sources {
+        // SAFETY: F_DUPFD_CLOEXEC on an fd the parent keeps open.
+        let t = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high) };
+        if t < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        temps.push(t);
+    }
+    for (i, &t) in temps.iter().enumerate() {
+        // SAFETY: dup2 onto a small fd number in the child; the new fd has
+        // close-on-exec clear, which is what passing it means.
+        if unsafe { libc::dup2(t, FIRST_PASSED_FD + i as RawFd) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn spawn_passes_fds_at_3_and_up_and_reports_death() {
+        let (events, rx) = VmEvents::new();
+        let a = std::fs::File::open("/dev/null").unwrap();
+        let b = std::fs::File::open("/proc/self/stat").unwrap();
+        // The child checks that fds 3 and 4 are the ones passed, and exits 7.
+        let script = "[ \"$(readlink /proc/self/fd/3)\" = /dev/null ] && \
+                      [ -e /proc/self/fd/4 ] && [ ! -e /proc/self/fd/5 ] && exit 7; exit 1";
+        let proc = DeviceProcess::spawn(
+            "test0",
+            Path::new("/bin/sh"),
+            &["-c".into(), script.into()],
+            &[a.as_fd(), b.as_fd()],
+            events,
+        )
+        .unwrap();
+        let event = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            event,
+            VmEvent::DeviceDied {
+                device: "test0".into(),
+                how: "exited with status 7".into()
+            }
+        );
+        drop(proc);
+    }
+
+    #[test]
+    fn dropping_a_running_process_kills_it_quietly_when_stopping() {
+        let (events, rx) = VmEvents::new();
+        let stopper = events.stop_handle();
+        let proc = DeviceProcess::spawn(
+            "sleeper",
+            Path::new("/bin/sleep"),
+            &["60".into()],
+            &[],
+            events,
+        )
+        .unwrap();
+        stopper.request_stop();
+        let pid = proc.pid();
+        drop(proc);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !Path::new(&format!("/proc/{pid}/cmdline")).exists() || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                stat.contains(") Z ") || stat.is_empty()
+            }
+        );
+        assert!(rx.try_recv().is_err(), "no event while the VM is stopping");
+    }
+
+    #[test]
+    fn missing_sibling_binary_is_named() {
+        let err = sibling_binary("no-such-device-binary").unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("cannot find the no-such-device-binary binary at "));
+    }
+}
