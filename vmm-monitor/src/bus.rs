@@ -9,9 +9,13 @@
 //! - Ranges never overlap and never have length 0 (checked by [`Bus::insert`]).
 //! - An access that no device claims reads as all ones and ignores writes,
 //!   as on a real bus; the vCPU logs it at debug level.
+//! - Ranges can be added and removed while vCPUs run (a guest moving a PCI
+//!   BAR): the range map sits behind a read-write lock that is never held
+//!   while a device's own lock is taken, so a device may move itself from
+//!   inside one of its accesses without deadlocking against another vCPU.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A device on a port-I/O or MMIO bus.
 pub trait BusDevice: Send {
@@ -56,9 +60,17 @@ struct Entry {
 }
 
 /// An address space of devices (one for port I/O, one for MMIO).
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Bus {
-    ranges: BTreeMap<u64, Entry>,
+    ranges: RwLock<BTreeMap<u64, Entry>>,
+}
+
+impl Clone for Bus {
+    fn clone(&self) -> Self {
+        Self {
+            ranges: RwLock::new(self.map().clone()),
+        }
+    }
 }
 
 impl Bus {
@@ -67,14 +79,28 @@ impl Bus {
         Self::default()
     }
 
+    /// The range map for reading (a panic under the write lock cannot leave
+    /// the map half-updated: every update is a single insert or remove).
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Entry>> {
+        self.ranges
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn map_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<u64, Entry>> {
+        self.ranges
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Puts `device` at `[base, base + len)`.
-    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+    pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         let end = base
             .checked_add(len)
             .filter(|_| len > 0)
             .ok_or(BusError::BadRange { base, len })?;
-        let overlapping = self
-            .ranges
+        let mut ranges = self.map_mut();
+        let overlapping = ranges
             .range(..end)
             .next_back()
             .filter(|(other, e)| **other + e.len > base);
@@ -86,21 +112,32 @@ impl Bus {
                 other_len: e.len,
             });
         }
-        self.ranges.insert(base, Entry { len, device });
+        ranges.insert(base, Entry { len, device });
         Ok(())
     }
 
-    fn find(&self, addr: u64) -> Option<(u64, &Entry)> {
-        let (base, entry) = self.ranges.range(..=addr).next_back()?;
-        (addr - base < entry.len).then_some((addr - base, entry))
+    /// Takes the device at `base` (the start of its range) off the bus and
+    /// returns it with its range length; None if no range starts there.
+    pub fn remove(&self, base: u64) -> Option<(SharedDevice, u64)> {
+        self.map_mut()
+            .remove(&base)
+            .map(|entry| (entry.device, entry.len))
+    }
+
+    /// The device claiming `addr` and the offset into its range. The device
+    /// is cloned out so that the map's lock is released before the device's.
+    fn find(&self, addr: u64) -> Option<(u64, SharedDevice)> {
+        let ranges = self.map();
+        let (base, entry) = ranges.range(..=addr).next_back()?;
+        (addr - base < entry.len).then(|| (addr - base, entry.device.clone()))
     }
 
     /// Dispatches a read; returns false (and fills `data` with ones) if no
     /// device claims `addr`.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
-            Some((offset, entry)) => {
-                lock(&entry.device).read(offset, data);
+            Some((offset, device)) => {
+                lock(&device).read(offset, data);
                 true
             }
             None => {
@@ -113,8 +150,8 @@ impl Bus {
     /// Dispatches a write; returns false if no device claims `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
-            Some((offset, entry)) => {
-                lock(&entry.device).write(offset, data);
+            Some((offset, device)) => {
+                lock(&device).write(offset, data);
                 true
             }
             None => false,
@@ -152,7 +189,7 @@ mod tests {
     #[test]
     fn bus_access_inside_range_reaches_device_with_offset() {
         let dev = Arc::new(Mutex::new(Recorder::default()));
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(dev.clone(), 0x3f8, 8).unwrap();
         let mut data = [0u8; 1];
         assert!(bus.read(0x3fd, &mut data));
@@ -163,7 +200,7 @@ mod tests {
 
     #[test]
     fn bus_access_outside_ranges_reads_ones() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x3f8, 8)
             .unwrap();
         let mut data = [0u8; 2];
@@ -173,8 +210,28 @@ mod tests {
     }
 
     #[test]
+    fn bus_remove_frees_range_for_a_move() {
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        let bus = Bus::new();
+        bus.insert(dev.clone(), 0x1000, 0x100).unwrap();
+        assert!(
+            bus.remove(0x1010).is_none(),
+            "only a range's base removes it"
+        );
+        let (moved, len) = bus.remove(0x1000).unwrap();
+        assert_eq!(len, 0x100);
+        let mut data = [0u8; 1];
+        assert!(!bus.read(0x1000, &mut data));
+        bus.insert(moved, 0x2000, len).unwrap();
+        assert!(bus.write(0x2004, &[7]));
+        assert_eq!(dev.lock().unwrap().last_write, Some((4, vec![7])));
+        bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x1000, 0x100)
+            .unwrap();
+    }
+
+    #[test]
     fn bus_insert_overlapping_range_is_refused() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(Arc::new(Mutex::new(Recorder::default())), 0x100, 0x10)
             .unwrap();
         for (base, len) in [(0xf8, 0x9), (0x10f, 1), (0x80, 0x200)] {

@@ -35,9 +35,88 @@ pub struct Cli {
     /// Number of vCPUs (1 to 64).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: usize,
+    /// A disk: `PATH[,format=raw|qcow2][,readonly]`, served by its own
+    /// dev-block process; `vhost-user=SOCKET` attaches an external
+    /// vhost-user-blk backend instead. Repeatable.
+    #[arg(long, value_name = "DISK")]
+    pub disk: Vec<String>,
     /// More log output (repeat for more); SIGUSR1/SIGUSR2 change it while running.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// Disk image formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// A raw image.
+    Raw,
+    /// A qcow2 image (versions 2 and 3).
+    Qcow2,
+}
+
+/// Where a disk's requests are served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskBackend {
+    /// An image file served by a dev-block process the monitor spawns.
+    Image {
+        /// The image path (the monitor opens it and passes the fd).
+        path: PathBuf,
+        /// The format; `None`: detected from the image (qcow2 magic, else raw).
+        format: Option<DiskFormat>,
+        /// The guest sees a read-only disk and the image is opened read-only.
+        readonly: bool,
+    },
+    /// An external vhost-user-blk backend listening on a socket
+    /// (qemu-storage-daemon, SPDK, a standalone dev-block).
+    VhostUser {
+        /// The backend's socket path.
+        socket: PathBuf,
+    },
+}
+
+impl std::str::FromStr for DiskBackend {
+    type Err = ConfigError;
+
+    /// Parses `PATH[,format=raw|qcow2][,readonly]` or `vhost-user=SOCKET`.
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        let bad = |why: String| ConfigError::Disk {
+            value: text.to_string(),
+            why,
+        };
+        if let Some(socket) = text.strip_prefix("vhost-user=") {
+            if socket.is_empty() || socket.contains(',') {
+                return Err(bad(
+                    "vhost-user= takes one socket path and no options".into()
+                ));
+            }
+            return Ok(DiskBackend::VhostUser {
+                socket: socket.into(),
+            });
+        }
+        let mut parts = text.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| bad("no image path".into()))?;
+        let (mut format, mut readonly) = (None, false);
+        for option in parts {
+            match option {
+                "readonly" => readonly = true,
+                "format=raw" => format = Some(DiskFormat::Raw),
+                "format=qcow2" => format = Some(DiskFormat::Qcow2),
+                other => {
+                    return Err(bad(format!(
+                        "unknown option '{other}' (format=raw|qcow2, readonly)"
+                    )))
+                }
+            }
+        }
+        Ok(DiskBackend::Image {
+            path: path.into(),
+            format,
+            readonly,
+        })
+    }
 }
 
 /// A validated VM configuration.
@@ -53,6 +132,8 @@ pub struct VmConfig {
     pub memory: u64,
     /// vCPU count, 1..=MAX_CPUS.
     pub cpus: usize,
+    /// Disks, in the order given (the guest sees them in PCI slot order).
+    pub disks: Vec<DiskBackend>,
 }
 
 /// A command-line value that cannot be used.
@@ -74,6 +155,14 @@ pub enum ConfigError {
         value: u64,
         /// Why not.
         why: &'static str,
+    },
+    /// A --disk value that does not parse.
+    #[error("--disk {value}: {why}")]
+    Disk {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        why: String,
     },
     /// A vCPU count outside 1..=MAX_CPUS.
     #[error("--cpus: {0} is out of range (1 to {MAX_CPUS})")]
@@ -103,12 +192,18 @@ impl TryFrom<Cli> for VmConfig {
         if cli.cpus == 0 || cli.cpus > MAX_CPUS {
             return Err(ConfigError::Cpus(cli.cpus));
         }
+        let disks = cli
+            .disk
+            .iter()
+            .map(|d| d.parse())
+            .collect::<Result<_, _>>()?;
         Ok(VmConfig {
             kernel: cli.kernel,
             initrd: cli.initrd,
             cmdline: cli.cmdline,
             memory,
             cpus: cli.cpus,
+            disks,
         })
     }
 }
@@ -247,6 +342,50 @@ mod tests {
             err.to_string(),
             "--memory: 'lots' is not a size (a number with an optional K, M, G or T suffix)"
         );
+    }
+
+    #[test]
+    fn disk_option_parses_path_format_and_readonly() {
+        assert_eq!(
+            "a.qcow2,format=qcow2,readonly"
+                .parse::<DiskBackend>()
+                .unwrap(),
+            DiskBackend::Image {
+                path: "a.qcow2".into(),
+                format: Some(DiskFormat::Qcow2),
+                readonly: true
+            }
+        );
+        assert_eq!(
+            "/d/x.img".parse::<DiskBackend>().unwrap(),
+            DiskBackend::Image {
+                path: "/d/x.img".into(),
+                format: None,
+                readonly: false
+            }
+        );
+        assert_eq!(
+            "vhost-user=/run/qsd.sock".parse::<DiskBackend>().unwrap(),
+            DiskBackend::VhostUser {
+                socket: "/run/qsd.sock".into()
+            }
+        );
+    }
+
+    #[test]
+    fn disk_option_errors_name_value_and_problem() {
+        let err = "x.img,format=vmdk".parse::<DiskBackend>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--disk x.img,format=vmdk: unknown option 'format=vmdk' (format=raw|qcow2, readonly)"
+        );
+        assert!(",readonly"
+            .parse::<DiskBackend>()
+            .unwrap_err()
+            .to_string()
+            .contains("no image path"));
+        assert!("vhost-user=".parse::<DiskBackend>().is_err());
+        assert!("vhost-user=/s,readonly".parse::<DiskBackend>().is_err());
     }
 
     #[test]

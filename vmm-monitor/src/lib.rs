@@ -17,7 +17,9 @@
 //! - [`bus`]: port-I/O and MMIO dispatch of vCPU exits.
 //! - [`device_proc`]: starting device processes with their fds, noticing their death.
 //! - [`devices`]: the in-process platform devices.
+//! - [`pci`]: adding virtio-pci functions to the PCI root and MMIO bus.
 //! - [`virtio`]: virtio devices behind the virtio-pci transport.
+//! - [`vhost_user`]: the vhost-user frontend for devices in their own process.
 //! - [`vcpu`]: vCPU threads and their exit handling.
 //! - [`vm`]: putting it together: build a VM from a [`config::VmConfig`] and run it.
 //! - [`exit`]: how a VM ends, and the monitor's exit codes.
@@ -35,6 +37,8 @@ pub mod layout;
 pub mod loader;
 pub mod logger;
 pub mod memory;
+pub mod pci;
 pub mod vcpu;
+pub mod vhost_user;
 pub mod virtio;
 pub mod vm;

@@ -4,7 +4,9 @@
 //! 1. KVM VM with TSS/identity-map addresses, in-kernel irqchip, PIT.
 //! 2. Guest RAM (memfd) registered as KVM memory slots.
 //! 3. ACPI tables, then the kernel (its boot info points at the RSDP).
-//! 4. Platform devices on the port-I/O bus, with irqfds for their IRQs.
+//! 4. Platform devices on the port-I/O bus, with irqfds for their IRQs;
+//!    the PCI root behind the config ports, ready for virtio-pci functions
+//!    ([`Vm::add_virtio_device`], BARs on the MMIO bus).
 //! 5. vCPUs: CPUID, common state, and the boot protocol's state on vCPU 0;
 //!    the others wait in KVM for the guest's INIT/SIPI.
 //! 6. One thread per vCPU; the main thread waits for the first [`VmEvent`],
@@ -29,10 +31,13 @@ use crate::devices::pci_host::{PciConfigIo, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LE
 use crate::devices::rtc::{Rtc, RTC_LEN, RTC_PORT};
 use crate::devices::serial::{ConsoleSink, IrqLine, Serial, COM1_IRQ, COM1_PORT, COM1_PORT_LEN};
 use crate::exit::{StopHandle, VmEvent, VmEvents};
+use crate::irq::{IrqError, IrqRouter};
 use crate::loader::{BootProtocol, LoadParams};
 use crate::memory::{GuestRam, MemoryError};
+use crate::pci::{PciDevices, PciSetupError};
 use crate::vcpu::Vcpu;
-use crate::{acpi, boot, cpuid, irq, layout, loader};
+use crate::virtio::VirtioDevice;
+use crate::{acpi, boot, cpuid, layout, loader};
 
 /// How often a vCPU thread that has not stopped yet is kicked again.
 const KICK_INTERVAL: Duration = Duration::from_millis(1);
@@ -110,6 +115,9 @@ pub enum VmError {
     /// A device did not fit on its bus.
     #[error("cannot place a device")]
     Bus(#[from] BusError),
+    /// A virtio-pci device could not be added.
+    #[error("cannot add a PCI device")]
+    Pci(#[from] PciSetupError),
     /// An eventfd, signal handler or thread could not be created.
     #[error("cannot {what}")]
     Os {
@@ -134,7 +142,8 @@ pub struct Vm {
     // Field order is drop order: vCPU fds and the VM fd go before guest RAM,
     // which KVM maps (see GuestRam::register).
     vcpus: Vec<Vcpu>,
-    _vm: VmFd,
+    pci: PciDevices,
+    _vm: Arc<VmFd>,
     _ram: GuestRam,
     events: crossbeam_channel::Receiver<VmEvent>,
     stopper: StopHandle,
@@ -149,14 +158,21 @@ impl Vm {
         console: ConsoleSink,
     ) -> Result<Self, VmError> {
         check_kvm(kvm, config.cpus)?;
-        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        let vm = Arc::new(kvm.create_vm().map_err(kvm_err("create a VM"))?);
         vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(kvm_err("set the TSS address"))?;
         vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
             .map_err(kvm_err("set the identity map address"))?;
         vm.create_irq_chip()
             .map_err(kvm_err("create the in-kernel irqchip"))?;
-        irq::set_routes(&vm, &irq::legacy_routes()).map_err(kvm_err("set the GSI routing"))?;
+        let router = IrqRouter::new(vm.clone());
+        router.install().map_err(|e| match e {
+            IrqError::Install(source) => VmError::Kvm {
+                what: "set the GSI routing",
+                source,
+            },
+            IrqError::OutOfGsis => VmError::MissingCapability("GSI routes"),
+        })?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -170,8 +186,16 @@ impl Vm {
         let entry = images.load(&ram, config, rsdp)?;
 
         let (events_tx, events) = VmEvents::new();
-        let pio = Arc::new(platform_devices(&vm, config, console, &events_tx)?);
+        let (pio, pci_config) = platform_devices(&vm, config, console, &events_tx)?;
+        let pio = Arc::new(pio);
         let mmio = Arc::new(Bus::new());
+        let pci = PciDevices::new(
+            pci_config,
+            &mmio,
+            vm.clone(),
+            Arc::new(Mutex::new(router)),
+            ram.memory().clone(),
+        );
 
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -209,11 +233,18 @@ impl Vm {
         );
         Ok(Self {
             vcpus,
+            pci,
             _vm: vm,
             _ram: ram,
             events,
             stopper: events_tx.stop_handle(),
         })
+    }
+
+    /// Adds `device` as a virtio-pci function at the next free slot of bus
+    /// 0, with its BAR in the 32-bit MMIO window; returns the slot.
+    pub fn add_virtio_device(&mut self, device: Box<dyn VirtioDevice>) -> Result<u8, VmError> {
+        Ok(self.pci.add_virtio_device(device)?)
     }
 
     /// Runs the vCPUs until the first event that ends the VM, stops them all,
@@ -333,19 +364,20 @@ fn irq_eventfd(vm: &VmFd, gsi: u32) -> Result<EventFd, VmError> {
     Ok(fd)
 }
 
-/// The port-I/O bus with COM1, i8042, RTC, ACPI PM and PCI config ports.
+/// The port-I/O bus with COM1, i8042, RTC, ACPI PM and PCI config ports,
+/// and the PCI config ports' device (to add PCI functions to its root bus).
 fn platform_devices(
     vm: &VmFd,
     config: &VmConfig,
     console: ConsoleSink,
     events: &VmEvents,
-) -> Result<Bus, VmError> {
-    let mut pio = Bus::new();
+) -> Result<(Bus, Arc<Mutex<PciConfigIo>>), VmError> {
+    let pio = Bus::new();
     let com1 = Serial::new(IrqLine(irq_eventfd(vm, COM1_IRQ)?), console);
     let i8042 = I8042::new(events.clone());
     let rtc = Rtc::new(config.memory);
     let pm = AcpiPm::new(irq_eventfd(vm, u32::from(SCI_IRQ))?, events.clone());
-    let pci = PciConfigIo::new(events.clone());
+    let pci = Arc::new(Mutex::new(PciConfigIo::new(events.clone())));
     let devices: [(SharedDevice, u64, u64); 5] = [
         (Arc::new(Mutex::new(com1)), COM1_PORT, COM1_PORT_LEN),
         (
@@ -355,16 +387,12 @@ fn platform_devices(
         ),
         (Arc::new(Mutex::new(rtc)), RTC_PORT.into(), RTC_LEN.into()),
         (Arc::new(Mutex::new(pm)), PM_BASE.into(), PM_LEN.into()),
-        (
-            Arc::new(Mutex::new(pci)),
-            PCI_CONFIG_IO_BASE,
-            PCI_CONFIG_IO_LEN,
-        ),
+        (pci.clone(), PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN),
     ];
     for (device, base, len) in devices {
         pio.insert(device, base, len)?;
     }
-    Ok(pio)
+    Ok((pio, pci))
 }
 
 /// Sets the stop flag and kicks every vCPU thread until it has returned.

@@ -9,11 +9,23 @@
 //! vhost-user frontend, passes those to a device process, so that the data
 //! path never goes through the monitor.
 //!
+//! Transport files: [`pci`] (the PCI function: config space hooks, BAR0
+//! dispatch, BAR moves, activation and reset), [`pci_caps`] (BAR layout and
+//! capability list), [`common_cfg`] (feature negotiation, status, queue
+//! registers), [`msix`] (MSI-X table and PBA), [`interrupts`] (call
+//! eventfds as KVM irqfds on MSI routes, masking).
+//!
 //! # Invariants
 //! - [`VirtioDevice::activate`] is called at most once between resets, and
 //!   only with features the device offered and the driver accepted.
 //! - After [`VirtioDevice::reset`] returns, the device no longer touches
 //!   guest memory or the eventfds it was given.
+
+pub mod common_cfg;
+pub mod interrupts;
+pub mod msix;
+pub mod pci;
+pub mod pci_caps;
 
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
