@@ -16,6 +16,7 @@
 //! - [`irq`]: the GSI routing table (legacy pins now, MSI later).
 //! - [`bus`]: port-I/O and MMIO dispatch of vCPU exits.
 //! - [`device_proc`]: starting device processes with their fds, noticing their death.
+//! - [`disks`]: a VM's disks: dev-block processes or external vhost-user backends.
 //! - [`devices`]: the in-process platform devices.
 //! - [`pci`]: adding virtio-pci functions to the PCI root and MMIO bus.
 //! - [`virtio`]: virtio devices behind the virtio-pci transport.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod cpuid;
 pub mod device_proc;
 pub mod devices;
+pub mod disks;
 pub mod exit;
 pub mod irq;
 pub mod layout;

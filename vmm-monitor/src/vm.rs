@@ -25,6 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::config::VmConfig;
+use crate::device_proc::DeviceProcess;
 use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_LEN};
 use crate::devices::pci_host::{PciConfigIo, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
@@ -37,7 +38,7 @@ use crate::memory::{GuestRam, MemoryError};
 use crate::pci::{PciDevices, PciSetupError};
 use crate::vcpu::Vcpu;
 use crate::virtio::VirtioDevice;
-use crate::{acpi, boot, cpuid, layout, loader};
+use crate::{acpi, boot, cpuid, disks, layout, loader};
 
 /// How often a vCPU thread that has not stopped yet is kicked again.
 const KICK_INTERVAL: Duration = Duration::from_millis(1);
@@ -112,6 +113,9 @@ pub enum VmError {
         #[source]
         source: cpuid::CpuidError,
     },
+    /// A disk could not be attached.
+    #[error(transparent)]
+    Disk(#[from] disks::DiskError),
     /// A device did not fit on its bus.
     #[error("cannot place a device")]
     Bus(#[from] BusError),
@@ -143,9 +147,12 @@ pub struct Vm {
     // which KVM maps (see GuestRam::register).
     vcpus: Vec<Vcpu>,
     pci: PciDevices,
+    // Device processes die with the VM (their frontends are in `pci`).
+    processes: Vec<DeviceProcess>,
     _vm: Arc<VmFd>,
     _ram: GuestRam,
     events: crossbeam_channel::Receiver<VmEvent>,
+    reporter: VmEvents,
     stopper: StopHandle,
 }
 
@@ -238,6 +245,8 @@ impl Vm {
             _ram: ram,
             events,
             stopper: events_tx.stop_handle(),
+            reporter: events_tx,
+            processes: Vec::new(),
         })
     }
 
@@ -247,6 +256,18 @@ impl Vm {
         Ok(self.pci.add_virtio_device(device)?)
     }
 
+    /// Attaches the disks of `config`, each as a virtio-blk PCI function.
+    pub fn attach_disks(&mut self, config: &VmConfig) -> Result<(), VmError> {
+        let queues = u16::try_from(config.cpus).unwrap_or(u16::MAX);
+        for (index, disk) in config.disks.iter().enumerate() {
+            let attached = disks::attach(index, disk, queues, &self.reporter)?;
+            self.processes.extend(attached.process);
+            let slot = self.add_virtio_device(Box::new(attached.device))?;
+            log::info!("disk{index}: virtio-blk at PCI 00:{slot:02x}.0");
+        }
+        Ok(())
+    }
+
     /// Runs the vCPUs until the first event that ends the VM, stops them all,
     /// and returns that event.
     pub fn run(mut self) -> Result<VmEvent, VmError> {
@@ -254,10 +275,15 @@ impl Vm {
         let mut threads = Vec::with_capacity(self.vcpus.len());
         let mut spawn_error = None;
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
+            let reporter = self.reporter.clone();
             match std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
-                .spawn(move || vcpu.run())
-            {
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| vcpu.run());
+                    if std::panic::catch_unwind(run).is_err() {
+                        reporter.send(VmEvent::HostError(format!("vcpu {index} panicked")));
+                    }
+                }) {
                 Ok(thread) => threads.push(thread),
                 Err(e) => {
                     spawn_error = Some(e);
@@ -270,12 +296,12 @@ impl Vm {
                 what: "start a vCPU thread",
                 source: e,
             }),
-            // A vCPU thread always sends before returning, and the Vm keeps
-            // no sender of its own, so recv only fails if every vCPU thread
-            // died without a word (a panic): report that as a host error.
-            None => Ok(self.events.recv().unwrap_or_else(|_| {
-                VmEvent::HostError("every vCPU thread ended without a reason".into())
-            })),
+            // The Vm holds a sender itself, so recv cannot fail; a vCPU
+            // thread that panics reports it (above).
+            None => Ok(self
+                .events
+                .recv()
+                .unwrap_or_else(|_| VmEvent::HostError("the VM's event channel closed".into()))),
         };
         stop_vcpus(&self.stopper, threads);
         event
@@ -286,7 +312,9 @@ impl Vm {
 pub fn run(config: &VmConfig, console: ConsoleSink) -> Result<VmEvent, VmError> {
     let images = BootImages::open(config)?;
     let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-    Vm::new(&kvm, config, images, console)?.run()
+    let mut vm = Vm::new(&kvm, config, images, console)?;
+    vm.attach_disks(config)?;
+    vm.run()
 }
 
 fn check_kvm(kvm: &Kvm, cpus: usize) -> Result<(), VmError> {

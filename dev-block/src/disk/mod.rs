@@ -8,6 +8,19 @@
 
 use std::io;
 
+pub mod open;
+pub mod qcow2;
+pub mod raw;
+
+pub use open::{
+    open_image, BackingOpener, FileListOpener, Format, NoBacking, OpenError, PathOpener,
+};
+pub use qcow2::Qcow2Image;
+pub use raw::RawImage;
+
+/// Bytes in a sector: the unit of disk sizes.
+pub const SECTOR_SIZE: u64 = 512;
+
 /// Why a disk operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -64,4 +77,15 @@ pub trait DiskImage: Send + Sync {
     /// Makes `[offset, offset + len)` read as zeroes; with `unmap` the image
     /// may deallocate it.
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> Result<(), DiskError>;
+}
+
+impl DiskError {
+    /// Checks that `[offset, offset + len)` lies within a disk of `size`
+    /// bytes.
+    pub fn check_range(offset: u64, len: u64, size: u64) -> Result<(), DiskError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(DiskError::OutOfRange { offset, len, size }),
+        }
+    }
 }

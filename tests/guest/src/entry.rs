@@ -23,7 +23,8 @@
 //! CPL0 stub edits IF in the `iretq` frame, or halts.
 //!
 //! Interrupt stubs (one 16-byte stub per vector at `vmdt_isr_stubs`):
-//! the timer stub counts a tick and sends EOI, the breakpoint stub serves
+//! the timer stub counts a tick and sends EOI, the device-vector stubs
+//! (`VEC_IRQ_BASE..`) count per vector and send EOI, the breakpoint stub serves
 //! the `int3` requests, the spurious stub returns; every other vector is
 //! unexpected and `iretq`s into [`crate::interrupts::vmdt_exception_report`]
 //! at CPL3.
@@ -50,6 +51,11 @@ pub const KSTACK_SIZE: usize = 4096;
 pub const USTACK_SIZE: usize = 32768;
 /// Vector of the LAPIC timer (ticks counted by the CPL0 stub).
 pub const VEC_TIMER: u8 = 0x40;
+/// First of the device interrupt vectors (MSI-X): the CPL0 stub of vector
+/// `VEC_IRQ_BASE + i` increments `VMDT_IRQ_COUNTS[i]` and sends EOI.
+pub const VEC_IRQ_BASE: u8 = 0x50;
+/// Number of device interrupt vectors.
+pub const VEC_IRQ_COUNT: usize = 16;
 /// `int3` request (in eax): return with IF set, `sti` for CPL3 code.
 pub const OP_STI: u32 = 0x5654_4901;
 /// `int3` request: return with IF clear, `cli` for CPL3 code.
@@ -85,7 +91,8 @@ const LAPIC_EOI: u32 = 0xFEE0_00B0;
 
 // SAFETY (global_asm): this is the machine's entry point and interrupt
 // plumbing; nothing in Rust calls into it directly. The Rust symbols it
-// names (`bsp_main`, `vmdt_exception_report`, `VMDT_TICKS`) have the
+// names (`bsp_main`, `vmdt_exception_report`, `VMDT_TICKS`,
+// `VMDT_IRQ_COUNTS`) have the
 // signatures and types the comments at their definitions state.
 global_asm!(
     r#"
@@ -162,6 +169,14 @@ vmdt_isr_timer:
     pop %rax
     iretq
 
+    /* Device vectors: the stub pushes rax and loads the vector's index. */
+vmdt_isr_count:
+    lock incq VMDT_IRQ_COUNTS(,%rax,8)
+    mov ${eoi}, %eax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+
     /* int3 from CPL3 with a request in eax (see cpu.rs). */
 vmdt_isr_breakpoint:
     cmp ${op_sti}, %eax
@@ -210,6 +225,10 @@ vmdt_isr_report:
     jmp vmdt_isr_breakpoint
     .elseif (\vec) == {vspurious}
     iretq
+    .elseif ((\vec) >= {virq}) && ((\vec) < {virq} + {nirq})
+    push %rax
+    mov $((\vec) - {virq}), %eax
+    jmp vmdt_isr_count
     .else
     .if ((\vec) == 8) || (((\vec) >= 10) && ((\vec) <= 14)) || ((\vec) == 17) || ((\vec) == 21) || ((\vec) == 29) || ((\vec) == 30)
     add $8, %rsp
@@ -362,6 +381,8 @@ vmdt_ustacks:
     max_cpus = const MAX_CPUS,
     vtimer = const VEC_TIMER,
     vspurious = const VEC_SPURIOUS,
+    virq = const VEC_IRQ_BASE,
+    nirq = const VEC_IRQ_COUNT,
     op_sti = const OP_STI,
     op_cli = const OP_CLI,
     op_park = const OP_PARK,

@@ -106,6 +106,25 @@ pub fn is_mapped(addr: u64, len: u64) -> bool {
         .all(|slot| MAPPED[(slot / 64) as usize].load(Ordering::SeqCst) & (1 << (slot % 64)) != 0)
 }
 
+/// Maps `[addr, addr + len)` (device memory above 4 GiB, e.g. a 64-bit
+/// BAR) where it is not mapped yet: each GiB it touches is mapped like
+/// `init` maps the hole, uncached except for RAM. BSP only, like `init`.
+pub fn map_mmio(boot: &BootInfo, addr: u64, len: u64) -> Result<(), &'static str> {
+    let end = addr.checked_add(len).ok_or("MMIO range overflows")?;
+    if len == 0 {
+        return Ok(());
+    }
+    if end > MAPPABLE_END {
+        return Err("MMIO range beyond the mappable 512 GiB");
+    }
+    for slot in addr / GIB..=(end - 1) / GIB {
+        if !is_mapped(slot * GIB, 1) {
+            map_slot(boot, slot, false)?;
+        }
+    }
+    Ok(())
+}
+
 fn pdpt() -> *mut u64 {
     core::ptr::addr_of_mut!(entry::vmdt_pdpt) as *mut u64
 }

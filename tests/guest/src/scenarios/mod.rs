@@ -9,9 +9,15 @@ use crate::bootinfo::BootInfo;
 use crate::power;
 use crate::sync::OnceCell;
 
+mod blk_common;
+mod blk_discard;
+mod blk_id;
+mod blk_ro;
+mod blk_rw;
 mod fault;
 mod hello;
 mod mem;
+mod pci;
 mod reboot;
 mod smp;
 mod timer;
@@ -32,6 +38,11 @@ const ALL: &[Scenario] = &[
     timer::SCENARIO,
     reboot::SCENARIO,
     fault::SCENARIO,
+    pci::SCENARIO,
+    blk_rw::SCENARIO,
+    blk_id::SCENARIO,
+    blk_discard::SCENARIO,
+    blk_ro::SCENARIO,
 ];
 
 /// Scenario run when the command line names none.

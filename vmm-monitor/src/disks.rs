@@ -1,0 +1,146 @@
+//! A VM's disks: each a virtio-blk device served over vhost-user, either by
+//! a dev-block process the monitor starts or by an external backend.
+//!
+//! For an image disk the monitor opens the image itself (read-only when the
+//! disk is), makes a socketpair, and starts dev-block with its end of the
+//! socket at fd 3 and the image at fd 4; dev-block opens nothing by path.
+//! For `vhost-user=SOCKET` the monitor connects to a backend that is
+//! already listening (qemu-storage-daemon, SPDK, a standalone dev-block).
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use crate::config::{DiskBackend, DiskFormat};
+use crate::device_proc::{sibling_binary, DeviceProcess, DeviceProcessError};
+use crate::exit::VmEvents;
+use crate::vhost_user::{self, VhostUserDevice};
+
+/// The virtio device ID of a block device (virtio 1.2 §5).
+pub const VIRTIO_ID_BLOCK: u32 = 2;
+/// Most request queues we ask a block backend for.
+pub const MAX_BLOCK_QUEUES: u16 = 8;
+
+/// Why a disk could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The image could not be opened.
+    #[error("disk{index}: cannot open {path}")]
+    Open {
+        /// Disk index.
+        index: usize,
+        /// The image path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socketpair to the device process could not be made.
+    #[error("disk{index}: cannot create the vhost-user socket pair")]
+    Socket {
+        /// Disk index.
+        index: usize,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device process could not be started.
+    #[error(transparent)]
+    Process(#[from] DeviceProcessError),
+    /// The vhost-user conversation failed.
+    #[error(transparent)]
+    VhostUser(#[from] vhost_user::Error),
+}
+
+/// A disk ready to be put on the PCI bus, with the process serving it (if
+/// the monitor started one).
+pub struct AttachedDisk {
+    /// The vhost-user frontend.
+    pub device: VhostUserDevice,
+    /// The dev-block process, `None` for an external backend.
+    pub process: Option<DeviceProcess>,
+}
+
+/// Connects disk number `index` as `disk` describes, asking for `queues`
+/// request queues; device deaths are reported to `events`.
+pub fn attach(
+    index: usize,
+    disk: &DiskBackend,
+    queues: u16,
+    events: &VmEvents,
+) -> Result<AttachedDisk, DiskError> {
+    let name = format!("disk{index}");
+    let queues = queues.clamp(1, MAX_BLOCK_QUEUES);
+    match disk {
+        DiskBackend::VhostUser { socket } => {
+            let device = VhostUserDevice::connect_path(&name, socket, VIRTIO_ID_BLOCK, queues)?;
+            log::info!("{name}: vhost-user backend at {}", socket.display());
+            Ok(AttachedDisk {
+                device,
+                process: None,
+            })
+        }
+        DiskBackend::Image {
+            path,
+            format,
+            readonly,
+        } => {
+            let image = open_image(index, path, *readonly)?;
+            let (ours, theirs) =
+                UnixStream::pair().map_err(|source| DiskError::Socket { index, source })?;
+            let program = sibling_binary("dev-block")?;
+            let mut args = vec![
+                "--socket-fd".to_string(),
+                "3".into(),
+                "--disk-fd".into(),
+                "4".into(),
+                "--queues".into(),
+                queues.to_string(),
+                "--serial".into(),
+                name.clone(),
+            ];
+            if let Some(format) = format {
+                args.push("--format".into());
+                args.push(match format {
+                    DiskFormat::Raw => "raw".into(),
+                    DiskFormat::Qcow2 => "qcow2".into(),
+                });
+            }
+            if *readonly {
+                args.push("--readonly".into());
+            }
+            let process = DeviceProcess::spawn(
+                &name,
+                &program,
+                &args,
+                &[theirs.as_fd(), image.as_fd()],
+                events.clone(),
+            )?;
+            // The child has its copies; ours close here.
+            drop((theirs, image));
+            let device = VhostUserDevice::connect(&name, ours, VIRTIO_ID_BLOCK, queues)?;
+            log::info!(
+                "{name}: {} served by dev-block pid {}",
+                path.display(),
+                process.pid()
+            );
+            Ok(AttachedDisk {
+                device,
+                process: Some(process),
+            })
+        }
+    }
+}
+
+fn open_image(index: usize, path: &std::path::Path, readonly: bool) -> Result<File, DiskError> {
+    OpenOptions::new()
+        .read(true)
+        .write(!readonly)
+        .open(path)
+        .map_err(|source| DiskError::Open {
+            index,
+            path: path.to_owned(),
+            source,
+        })
+}
