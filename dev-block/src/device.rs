@@ -6,15 +6,15 @@
 //! A chain that cannot carry a status at all is returned with used length 0
 //! and counted; the device goes on serving either way.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::{GuestMemory, GuestMemoryMmap};
+use dev_backend::chain::DescChain;
+use dev_backend::memory::GuestMemoryMmap;
+use vm_memory::Bytes;
 
 use crate::disk::{DiskError, DiskImage};
 use crate::metrics::BlockMetrics;
-use crate::request::{self, BadRequest, ParsedRequest, Request};
+use crate::request::{self, BadRequest, Request, HEADER_LEN};
 use crate::wire::{
     BlkConfig, DiscardSegment, BLK_ID_BYTES, SECTOR_SHIFT, SECTOR_SIZE, SEGMENT_FLAG_UNMAP,
 };
@@ -53,7 +53,7 @@ pub mod features {
 /// Largest DISCARD / WRITE_ZEROES we accept, in sectors (4 GiB).
 const MAX_DISCARD_SECTORS: u32 = 1 << 23;
 /// Most segments in one DISCARD / WRITE_ZEROES.
-const MAX_DISCARD_SEGMENTS: u32 = 16;
+const MAX_DISCARD_SEGMENTS: u32 = request::MAX_SEGMENTS as u32;
 /// DISCARD alignment hint in sectors (4 KiB, a page and the smallest qcow2 cluster).
 const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
 /// Descriptors of a request that are not data: the header and the status.
@@ -130,36 +130,29 @@ impl BlockDevice {
     }
 
     /// Serves one descriptor chain: parses, executes, writes the status.
-    /// Returns the used length to report (bytes the device wrote).
-    pub fn process<M>(&self, mem: &GuestMemoryMmap, chain: DescriptorChain<M>) -> u32
-    where
-        M: std::ops::Deref + Clone,
-        M::Target: GuestMemory + Sized,
-    {
-        let ParsedRequest {
-            request,
-            mut readable,
-            mut writable,
-            mut status,
-        } = match request::parse(mem, chain) {
+    /// Returns the used length to report (bytes the device wrote) and the
+    /// status (`None` when the chain could not carry one).
+    pub fn process(&self, mem: &GuestMemoryMmap, chain: &DescChain) -> (u32, Option<u8>) {
+        let parsed = match request::parse(mem, chain) {
             Ok(parsed) => parsed,
             Err(e) => {
                 log::debug!("dropping a request: {e}");
                 BlockMetrics::bump(&self.metrics.dropped_chains);
-                return 0;
+                return (0, None);
             }
         };
-        let code = match request {
-            Ok(mut request) => match request::read_segments(&mut request, &mut readable) {
-                Ok(()) => self.execute(&request, &mut readable, &mut writable),
-                Err(bad) => self.refuse(&bad),
+        let (code, written) = match parsed.request {
+            Ok(mut request) => match request::read_segments(&mut request, mem, chain) {
+                Ok(()) => self.execute(&request, mem, chain, parsed.writable_len),
+                Err(bad) => (self.refuse(&bad), 0),
             },
-            Err(bad) => self.refuse(&bad),
+            Err(bad) => (self.refuse(&bad), 0),
         };
-        if status.write_obj(code).is_err() {
+        if mem.write_obj(code, parsed.status).is_err() {
             BlockMetrics::bump(&self.metrics.dropped_chains);
+            return (written as u32, None);
         }
-        (writable.bytes_written() + status.bytes_written()) as u32
+        (written as u32 + 1, Some(code))
     }
 
     fn refuse(&self, bad: &BadRequest) -> u8 {
@@ -168,35 +161,41 @@ impl BlockDevice {
         S_IOERR
     }
 
+    /// Runs `request`; returns the status and the data bytes written to the
+    /// guest (before the status byte).
     fn execute(
         &self,
         request: &Request,
-        readable: &mut Reader<'_>,
-        writable: &mut Writer<'_>,
-    ) -> u8 {
+        mem: &GuestMemoryMmap,
+        chain: &DescChain,
+        writable_len: usize,
+    ) -> (u8, usize) {
+        let mut written = 0;
         let result = match request {
-            Request::Read { sector, len } => self.read(*sector, *len, writable),
-            Request::Write { sector, len } => self.write(*sector, *len, readable),
+            Request::Read { sector, len } => {
+                self.read(*sector, *len, mem, chain).map(|n| written = n)
+            }
+            Request::Write { sector, len } => self.write(*sector, *len, mem, chain),
             Request::Flush => {
                 BlockMetrics::bump(&self.metrics.flushes);
                 self.disk.flush().map_err(Failure::from)
             }
             Request::GetId => {
-                let n = writable.available_bytes().min(BLK_ID_BYTES);
-                return match writable.write_all(&self.id[..n]) {
-                    Ok(()) => S_OK,
-                    Err(_) => S_IOERR,
-                };
+                let n = writable_len.min(BLK_ID_BYTES);
+                chain
+                    .write_from(mem, &self.id[..n])
+                    .map(|n| written = n)
+                    .map_err(|_| Failure::Guest("ID buffer not writable"))
             }
             Request::Discard(segments) => self.discard(segments, false),
             Request::WriteZeroes(segments) => self.discard(segments, true),
             Request::Unsupported(kind) => {
                 log::debug!("unsupported request type {kind}");
                 BlockMetrics::bump(&self.metrics.unsupported);
-                return S_UNSUPP;
+                return (S_UNSUPP, 0);
             }
         };
-        match result {
+        let code = match result {
             Ok(()) => S_OK,
             Err(Failure::Disk(e)) => {
                 log::debug!("request failed: {e}");
@@ -208,7 +207,8 @@ impl BlockDevice {
                 BlockMetrics::bump(&self.metrics.bad_requests);
                 S_IOERR
             }
-        }
+        };
+        (code, written)
     }
 
     /// Byte offset of `sector`, if `[sector, sector + len)` lies on the disk.
@@ -229,28 +229,39 @@ impl BlockDevice {
         Ok(offset)
     }
 
-    fn read(&self, sector: u64, len: u32, writable: &mut Writer<'_>) -> Result<(), Failure> {
+    fn read(
+        &self,
+        sector: u64,
+        len: u32,
+        mem: &GuestMemoryMmap,
+        chain: &DescChain,
+    ) -> Result<usize, Failure> {
         let offset = self.range(sector, u64::from(len))?;
         let mut buf = vec![0u8; len as usize];
         self.disk.read_at(&mut buf, offset)?;
-        writable
-            .write_all(&buf)
+        let n = chain
+            .write_from(mem, &buf)
             .map_err(|_| Failure::Guest("read buffer not writable"))?;
         BlockMetrics::bump(&self.metrics.reads);
         BlockMetrics::add(&self.metrics.read_bytes, u64::from(len));
-        Ok(())
+        Ok(n)
     }
 
-    fn write(&self, sector: u64, len: u32, readable: &mut Reader<'_>) -> Result<(), Failure> {
+    fn write(
+        &self,
+        sector: u64,
+        len: u32,
+        mem: &GuestMemoryMmap,
+        chain: &DescChain,
+    ) -> Result<(), Failure> {
         let offset = self.range(sector, u64::from(len))?;
         if self.disk.read_only() {
             return Err(Failure::Disk(DiskError::ReadOnly));
         }
-        let mut buf = vec![0u8; len as usize];
-        readable
-            .read_exact(&mut buf)
+        let bytes = chain
+            .read_to_vec(mem, HEADER_LEN + len as usize)
             .map_err(|_| Failure::Guest("write buffer not readable"))?;
-        self.disk.write_at(&buf, offset)?;
+        self.disk.write_at(&bytes[HEADER_LEN..], offset)?;
         BlockMetrics::bump(&self.metrics.writes);
         BlockMetrics::add(&self.metrics.write_bytes, u64::from(len));
         Ok(())

@@ -6,8 +6,9 @@
 //! parser checks the shape before anything acts on it; the executor in
 //! [`crate::device`] takes only what this module returns.
 
-use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::{GuestMemory, GuestMemoryMmap};
+use dev_backend::chain::DescChain;
+use dev_backend::memory::GuestMemoryMmap;
+use vm_memory::{ByteValued, GuestAddress};
 
 use crate::wire::{DiscardSegment, RequestHeader, SECTOR_SIZE, SEGMENT_FLAG_UNMAP};
 
@@ -23,6 +24,9 @@ pub const T_GET_ID: u32 = 8;
 pub const T_DISCARD: u32 = 11;
 /// Write zeroes.
 pub const T_WRITE_ZEROES: u32 = 13;
+
+/// Most segments of one DISCARD / WRITE_ZEROES request.
+pub const MAX_SEGMENTS: usize = 16;
 
 /// Largest data transfer of one request we accept (the config's seg_max
 /// times a page would be smaller; this only bounds the bounce buffer).
@@ -81,57 +85,54 @@ pub enum BadRequest {
 /// Why a chain cannot even be answered with a status.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    /// A descriptor points outside guest memory, or the chain is malformed.
+    /// Guest memory could not be read or written.
     #[error("descriptor chain: {0}")]
-    Chain(#[from] virtio_queue::Error),
+    Chain(#[from] dev_backend::chain::ChainError),
     /// No device-writable byte for the status.
     #[error("no writable status byte")]
     NoStatus,
 }
 
-/// A parsed request with the guest buffers it reads from and writes to.
-pub struct ParsedRequest<'a> {
+/// A parsed request: what was asked, or why it is refused.
+#[derive(Debug)]
+pub struct ParsedRequest {
     /// The request, or why it is refused.
     pub request: Result<Request, BadRequest>,
-    /// Device-readable data after the header (write data, segments).
-    pub readable: Reader<'a>,
-    /// Device-writable data before the status byte (read data, ID).
-    pub writable: Writer<'a>,
-    /// The status byte.
-    pub status: Writer<'a>,
+    /// Where the status byte goes: the last writable byte of the chain.
+    pub status: GuestAddress,
+    /// Bytes of device-writable data before the status byte.
+    pub writable_len: usize,
 }
 
-/// Parses `chain`. An `Err` means the request cannot be completed with a
-/// status at all (the caller returns the chain with used length 0).
-pub fn parse<'a, M>(
-    mem: &'a GuestMemoryMmap,
-    chain: DescriptorChain<M>,
-) -> Result<ParsedRequest<'a>, ChainError>
-where
-    M: std::ops::Deref + Clone,
-    M::Target: GuestMemory + Sized,
-{
-    let mut readable = Reader::new(mem, chain.clone())?;
-    let mut writable = Writer::new(mem, chain)?;
-    let writable_len = writable.available_bytes();
-    if writable_len == 0 {
-        return Err(ChainError::NoStatus);
-    }
-    let status = writable.split_at(writable_len - 1)?;
-    let header_len = readable.available_bytes();
-    let request = match readable.read_obj::<RequestHeader>() {
-        Ok(header) => classify(
-            header,
-            readable.available_bytes(),
-            writable.available_bytes(),
-        ),
-        Err(_) => Err(BadRequest::ShortHeader(header_len)),
+/// Size of the request header.
+pub const HEADER_LEN: usize = std::mem::size_of::<RequestHeader>();
+
+/// Parses `chain` (already walked and bounds-checked by dev-backend). An
+/// `Err` means the request cannot be completed with a status at all (the
+/// caller returns the chain with used length 0).
+pub fn parse(mem: &GuestMemoryMmap, chain: &DescChain) -> Result<ParsedRequest, ChainError> {
+    let status = chain
+        .writable()
+        .iter()
+        .rev()
+        .find(|s| s.len > 0)
+        .map(|s| GuestAddress(s.addr.0 + u64::from(s.len) - 1))
+        .ok_or(ChainError::NoStatus)?;
+    let readable_len = chain.readable_len() as usize;
+    let writable_len = chain.writable_len() as usize - 1;
+    let request = if readable_len < HEADER_LEN {
+        Err(BadRequest::ShortHeader(readable_len))
+    } else {
+        let bytes = chain.read_to_vec(mem, HEADER_LEN)?;
+        let header = RequestHeader::from_slice(&bytes)
+            .copied()
+            .unwrap_or_default();
+        classify(header, readable_len - HEADER_LEN, writable_len)
     };
     Ok(ParsedRequest {
         request,
-        readable,
-        writable,
         status,
+        writable_len,
     })
 }
 
@@ -179,16 +180,31 @@ pub fn classify(
     }
 }
 
-/// Reads the segments of a DISCARD or WRITE_ZEROES request from `readable`
-/// into `request`, checking their flags (only WRITE_ZEROES may set unmap).
-pub fn read_segments(request: &mut Request, readable: &mut Reader<'_>) -> Result<(), BadRequest> {
+/// Reads the segments of a DISCARD or WRITE_ZEROES request from the
+/// chain's readable bytes after the header, checking their flags (only
+/// WRITE_ZEROES may set unmap).
+pub fn read_segments(
+    request: &mut Request,
+    mem: &GuestMemoryMmap,
+    chain: &DescChain,
+) -> Result<(), BadRequest> {
     let (segments, allowed_flags) = match request {
         Request::Discard(s) => (s, 0),
         Request::WriteZeroes(s) => (s, SEGMENT_FLAG_UNMAP),
         _ => return Ok(()),
     };
-    while readable.available_bytes() > 0 {
-        let segment: DiscardSegment = readable.read_obj().map_err(|_| BadRequest::BadSegments)?;
+    let size = std::mem::size_of::<DiscardSegment>();
+    let max = HEADER_LEN + MAX_SEGMENTS * size;
+    let bytes = chain
+        .read_to_vec(mem, max)
+        .map_err(|_| BadRequest::BadSegments)?;
+    if chain.readable_len() as usize > max {
+        return Err(BadRequest::BadSegments);
+    }
+    for raw in bytes[HEADER_LEN..].chunks_exact(size) {
+        let segment = DiscardSegment::from_slice(raw)
+            .copied()
+            .ok_or(BadRequest::BadSegments)?;
         if segment.flags & !allowed_flags != 0 {
             return Err(BadRequest::BadSegments);
         }

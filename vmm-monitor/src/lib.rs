@@ -37,7 +37,6 @@ pub mod exit;
 pub mod irq;
 pub mod layout;
 pub mod loader;
-pub mod logger;
 pub mod memory;
 pub mod pci;
 pub mod vcpu;

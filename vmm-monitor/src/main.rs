@@ -7,19 +7,8 @@ use clap::Parser;
 use vmm_monitor::config::{Cli, VmConfig};
 use vmm_monitor::devices::serial::ConsoleSink;
 use vmm_monitor::exit::{VmEvent, EXIT_HOST_ERROR};
-use vmm_monitor::{logger, vm};
-
-/// The error and each of its causes, joined by ": ".
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
-}
+use ipc::logger;
+use vmm_monitor::vm;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -46,7 +35,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<VmEvent, String> {
-    let config = VmConfig::try_from(cli).map_err(|e| chain(&e))?;
+    let config = VmConfig::try_from(cli).map_err(|e| ipc::error_chain(&e))?;
     let console = ConsoleSink::stdout().map_err(|e| format!("cannot open the console: {e}"))?;
-    vm::run(&config, console).map_err(|e| chain(&e))
+    vm::run(&config, console).map_err(|e| ipc::error_chain(&e))
 }

@@ -1,4 +1,4 @@
-//! The monitor's log: one line per record on stderr, level switchable at
+//! A process's log: one line per record on stderr, level switchable at
 //! run time.
 //!
 //! Records go through the `log` facade. The level is `log`'s global maximum,

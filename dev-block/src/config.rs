@@ -1,0 +1,255 @@
+//! dev-block's command line, validated into a [`BlockConfig`].
+//!
+//! Two ways to run:
+//! - under the monitor: `--socket-fd 3 --disk-fd 4 [--backing-fd N]...`: the
+//!   vhost-user connection and the image (and its qcow2 backing chain, top
+//!   down) are inherited fds; the process opens nothing by path and exits
+//!   when the monitor hangs up;
+//! - standalone, for other frontends (QEMU, Cloud Hypervisor):
+//!   `--socket PATH --disk PATH`: it listens on PATH, opens the image (and
+//!   its backing files) itself, and listens again after each frontend.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::disk::Format;
+
+/// Default (and largest) descriptors per queue.
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Most request queues.
+pub const MAX_QUEUES: u16 = 16;
+
+/// `dev-block`: serve a disk image as a vhost-user-blk device.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dev-block",
+    version,
+    about = "vhost-user-blk backend for raw and qcow2 images"
+)]
+pub struct Cli {
+    /// Inherited fd of the vhost-user connection (under the monitor).
+    #[arg(
+        long,
+        value_name = "FD",
+        conflicts_with = "socket",
+        required_unless_present = "socket"
+    )]
+    pub socket_fd: Option<i32>,
+    /// Socket path to listen on (standalone).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Inherited fd of the image (under the monitor).
+    #[arg(
+        long,
+        value_name = "FD",
+        conflicts_with = "disk",
+        required_unless_present = "disk"
+    )]
+    pub disk_fd: Option<i32>,
+    /// Image path (standalone).
+    #[arg(long, value_name = "PATH")]
+    pub disk: Option<PathBuf>,
+    /// Inherited fds of the qcow2 backing chain, top down (under the monitor).
+    #[arg(long, value_name = "FD")]
+    pub backing_fd: Vec<i32>,
+    /// Image format (default: qcow2 if the image says so, else raw).
+    #[arg(long, value_name = "raw|qcow2")]
+    pub format: Option<String>,
+    /// Serve a read-only disk.
+    #[arg(long)]
+    pub readonly: bool,
+    /// Request queues.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u16,
+    /// The ID string a guest's GET_ID request returns (at most 20 bytes).
+    #[arg(long, default_value = "")]
+    pub serial: String,
+    /// More log output (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Where the connection comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// An inherited, connected socket.
+    Fd(i32),
+    /// A path to listen on.
+    Listen(PathBuf),
+}
+
+/// Where the image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageSource {
+    /// Inherited fds: the image and its backing chain, top down.
+    Fds {
+        /// The image.
+        image: i32,
+        /// The backing chain.
+        backing: Vec<i32>,
+    },
+    /// A path; backing files are found relative to it.
+    Path(PathBuf),
+}
+
+/// A validated dev-block configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// The vhost-user connection.
+    pub connection: Connection,
+    /// The image.
+    pub image: ImageSource,
+    /// The format, if given.
+    pub format: Option<Format>,
+    /// Read-only disk.
+    pub readonly: bool,
+    /// Request queues, 1..=MAX_QUEUES.
+    pub queues: u16,
+    /// GET_ID string.
+    pub serial: String,
+}
+
+/// A command line that cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Unknown format name.
+    #[error("--format: '{0}' is not raw or qcow2")]
+    Format(String),
+    /// Queue count out of range.
+    #[error("--queues: {0} is out of range (1 to {MAX_QUEUES})")]
+    Queues(u16),
+    /// An fd below 3 (stdin/stdout/stderr are not passed resources).
+    #[error("--{option}: fd {fd} is not a passed fd (3 or more)")]
+    Fd {
+        /// The option.
+        option: &'static str,
+        /// The fd.
+        fd: i32,
+    },
+    /// A required option is missing.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// Backing fds with a path image.
+    #[error("--backing-fd goes with --disk-fd; with --disk, backing files are found by path")]
+    BackingWithPath,
+}
+
+fn passed_fd(option: &'static str, fd: i32) -> Result<i32, ConfigError> {
+    if fd >= 3 {
+        Ok(fd)
+    } else {
+        Err(ConfigError::Fd { option, fd })
+    }
+}
+
+impl TryFrom<Cli> for BlockConfig {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, ConfigError> {
+        let connection = match (cli.socket_fd, cli.socket) {
+            (Some(fd), _) => Connection::Fd(passed_fd("socket-fd", fd)?),
+            (None, Some(path)) => Connection::Listen(path),
+            (None, None) => return Err(ConfigError::Missing("--socket-fd or --socket")),
+        };
+        let image = match (cli.disk_fd, cli.disk) {
+            (Some(fd), _) => ImageSource::Fds {
+                image: passed_fd("disk-fd", fd)?,
+                backing: cli
+                    .backing_fd
+                    .iter()
+                    .map(|fd| passed_fd("backing-fd", *fd))
+                    .collect::<Result<_, _>>()?,
+            },
+            (None, Some(path)) if cli.backing_fd.is_empty() => ImageSource::Path(path),
+            (None, Some(_)) => return Err(ConfigError::BackingWithPath),
+            (None, None) => return Err(ConfigError::Missing("--disk-fd or --disk")),
+        };
+        let format = cli
+            .format
+            .map(|f| Format::from_name(&f).ok_or(ConfigError::Format(f)))
+            .transpose()?;
+        if cli.queues == 0 || cli.queues > MAX_QUEUES {
+            return Err(ConfigError::Queues(cli.queues));
+        }
+        Ok(Self {
+            connection,
+            image,
+            format,
+            readonly: cli.readonly,
+            queues: cli.queues,
+            serial: cli.serial,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<BlockConfig, String> {
+        let cli = Cli::try_parse_from(std::iter::once("dev-block").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        BlockConfig::try_from(cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn config_monitor_mode_takes_fds() {
+        let c = parse(&[
+            "--socket-fd",
+            "3",
+            "--disk-fd",
+            "4",
+            "--backing-fd",
+            "5",
+            "--queues",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(c.connection, Connection::Fd(3));
+        assert_eq!(
+            c.image,
+            ImageSource::Fds {
+                image: 4,
+                backing: vec![5]
+            }
+        );
+        assert_eq!(c.queues, 2);
+    }
+
+    #[test]
+    fn config_standalone_mode_takes_paths() {
+        let c = parse(&[
+            "--socket",
+            "/tmp/s",
+            "--disk",
+            "d.qcow2",
+            "--format",
+            "qcow2",
+            "--readonly",
+        ])
+        .unwrap();
+        assert_eq!(c.connection, Connection::Listen("/tmp/s".into()));
+        assert_eq!(c.image, ImageSource::Path("d.qcow2".into()));
+        assert_eq!((c.format, c.readonly), (Some(Format::Qcow2), true));
+    }
+
+    #[test]
+    fn config_errors_name_the_option() {
+        assert_eq!(
+            parse(&["--socket-fd", "1", "--disk-fd", "4"]).unwrap_err(),
+            "--socket-fd: fd 1 is not a passed fd (3 or more)"
+        );
+        assert_eq!(
+            parse(&["--socket", "s", "--disk", "d", "--format", "vmdk"]).unwrap_err(),
+            "--format: 'vmdk' is not raw or qcow2"
+        );
+        assert_eq!(
+            parse(&["--socket", "s", "--disk", "d", "--queues", "0"]).unwrap_err(),
+            "--queues: 0 is out of range (1 to 16)"
+        );
+        assert!(parse(&["--socket", "s", "--disk", "d", "--backing-fd", "5"]).is_err());
+        assert!(parse(&["--disk", "d"]).is_err(), "a connection is required");
+        assert!(parse(&["--socket-fd", "3", "--socket", "s", "--disk", "d"]).is_err());
+    }
+}
