@@ -167,19 +167,29 @@ impl Monitor {
         self.arg("--memory").arg(size)
     }
 
-    /// Runs the monitor to its end (killing it after [`RUN_TIMEOUT`]).
-    pub fn run(&self) -> GuestRun {
-        let start = Instant::now();
-        let mut child = Command::new(monitor_binary())
+    /// Adds a disk (`--disk SPEC`).
+    pub fn disk(self, spec: &str) -> Self {
+        self.arg("--disk").arg(spec)
+    }
+
+    /// The command that runs the monitor, its stdout and stderr piped.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(monitor_binary());
+        command
             .arg("--kernel")
             .arg(&self.kernel)
             .args(&self.args)
             .arg("-v")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start vmm-monitor");
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Runs the monitor to its end (killing it after [`RUN_TIMEOUT`]).
+    pub fn run(&self) -> GuestRun {
+        let start = Instant::now();
+        let mut child = self.command().spawn().expect("start vmm-monitor");
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
         let status = wait_or_kill(&mut child, RUN_TIMEOUT);
@@ -190,6 +200,58 @@ impl Monitor {
             elapsed: start.elapsed(),
         }
     }
+}
+
+/// A scratch directory for one test, removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A new empty directory named after `test`.
+    pub fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vmd-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir");
+        Self(dir)
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// True if `program` runs; otherwise prints a loud SKIPPED line for `test`.
+pub fn tool_or_skip(program: &str, test: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        loud(&format!(
+            "SKIPPED {test}: {program} is not installed (scripts/test installs it)"
+        ));
+    }
+    found
+}
+
+/// Runs `program args...`, panicking with its output if it fails.
+pub fn run_tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().expect("run tool");
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {

@@ -1,0 +1,231 @@
+//! Disks end to end: the test guest's virtio-blk driver, through the
+//! monitor's virtio-pci transport, to a dev-block process (raw and qcow2
+//! images) or to qemu-storage-daemon's vhost-user-blk export.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmd_tests::{kvm_or_skip, run_tool, tool_or_skip, Monitor, Scratch};
+
+/// Monitor exit codes (vmm_monitor::exit).
+const EXIT_POWEROFF: i32 = 0;
+const EXIT_DEVICE_DIED: i32 = 5;
+
+/// A raw image of `mib` MiB.
+fn raw_image(scratch: &Scratch, name: &str, mib: u64) -> String {
+    let path = scratch.path(name);
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(mib << 20).unwrap();
+    path.display().to_string()
+}
+
+fn blk(cmdline: &str, disk: &str) -> vmd_tests::GuestRun {
+    Monitor::guest(cmdline)
+        .cpus(2)
+        .memory("256M")
+        .disk(disk)
+        .run()
+}
+
+#[test]
+fn blk_rw_raw_image_with_msix_on_two_queues() {
+    if !kvm_or_skip("blk_rw_raw_image_with_msix_on_two_queues") {
+        return;
+    }
+    let scratch = Scratch::new("blk-rw-raw");
+    let run = blk("test=blk-rw", &raw_image(&scratch, "d.img", 16));
+    run.assert_passed("blk-rw", EXIT_POWEROFF);
+    assert_eq!(
+        run.value("blk-rw", "mode").as_deref(),
+        Some("msix"),
+        "{run}"
+    );
+    assert_eq!(run.value("blk-rw", "queues").as_deref(), Some("2"), "{run}");
+    assert_eq!(
+        run.value("blk-rw", "capacity").as_deref(),
+        Some("32768"),
+        "{run}"
+    );
+}
+
+#[test]
+fn blk_rw_raw_image_polled() {
+    if !kvm_or_skip("blk_rw_raw_image_polled") {
+        return;
+    }
+    let scratch = Scratch::new("blk-rw-poll");
+    let run = blk("test=blk-rw poll=1", &raw_image(&scratch, "d.img", 8));
+    run.assert_passed("blk-rw", EXIT_POWEROFF);
+}
+
+#[test]
+fn blk_rw_qcow2_from_qemu_img_stays_consistent() {
+    let test = "blk_rw_qcow2_from_qemu_img_stays_consistent";
+    if !kvm_or_skip(test) || !tool_or_skip("qemu-img", test) {
+        return;
+    }
+    let scratch = Scratch::new("blk-rw-qcow2");
+    let image = scratch.path("d.qcow2").display().to_string();
+    run_tool("qemu-img", &["create", "-q", "-f", "qcow2", &image, "16M"]);
+    let run = blk("test=blk-rw", &format!("{image},format=qcow2"));
+    run.assert_passed("blk-rw", EXIT_POWEROFF);
+    let check = run_tool("qemu-img", &["check", &image]);
+    assert!(check.contains("No errors were found"), "{check}");
+    // What the guest left behind (its last pattern) is what qemu-img reads.
+    let raw = scratch.path("d.raw").display().to_string();
+    run_tool("qemu-img", &["convert", "-O", "raw", &image, &raw]);
+    assert!(
+        std::fs::read(&raw).unwrap().iter().any(|b| *b != 0),
+        "the guest's data is in the image"
+    );
+}
+
+#[test]
+fn blk_id_returns_the_disk_name() {
+    if !kvm_or_skip("blk_id_returns_the_disk_name") {
+        return;
+    }
+    let scratch = Scratch::new("blk-id");
+    let run = blk("test=blk-id", &raw_image(&scratch, "d.img", 1));
+    run.assert_passed("blk-id", EXIT_POWEROFF);
+    // The first data line describes the PCI function (its `id=` is the PCI
+    // ID); the ID string comes on the line of its own.
+    let id = run
+        .data("blk-id")
+        .into_iter()
+        .find_map(|l| l.strip_prefix("id="))
+        .map(|l| l.split(' ').next());
+    assert_eq!(id, Some(Some("disk0")), "{run}");
+}
+
+#[test]
+fn blk_discard_and_write_zeroes_on_raw_and_qcow2() {
+    let test = "blk_discard_and_write_zeroes_on_raw_and_qcow2";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let scratch = Scratch::new("blk-discard");
+    blk("test=blk-discard", &raw_image(&scratch, "d.img", 4))
+        .assert_passed("blk-discard", EXIT_POWEROFF);
+    if tool_or_skip("qemu-img", test) {
+        let image = scratch.path("d.qcow2").display().to_string();
+        run_tool("qemu-img", &["create", "-q", "-f", "qcow2", &image, "4M"]);
+        blk("test=blk-discard", &image).assert_passed("blk-discard", EXIT_POWEROFF);
+        let check = run_tool("qemu-img", &["check", &image]);
+        assert!(check.contains("No errors were found"), "{check}");
+    }
+}
+
+#[test]
+fn blk_ro_write_fails_and_image_is_untouched() {
+    if !kvm_or_skip("blk_ro_write_fails_and_image_is_untouched") {
+        return;
+    }
+    let scratch = Scratch::new("blk-ro");
+    let image = raw_image(&scratch, "d.img", 1);
+    std::fs::write(&image, vec![0x5a; 1 << 20]).unwrap();
+    let run = blk("test=blk-ro", &format!("{image},readonly"));
+    run.assert_passed("blk-ro", EXIT_POWEROFF);
+    assert_eq!(
+        run.value("blk-ro", "write_status").as_deref(),
+        Some("1"),
+        "IOERR:\n{run}"
+    );
+    assert!(
+        std::fs::read(&image).unwrap().iter().all(|b| *b == 0x5a),
+        "image unchanged"
+    );
+}
+
+/// qemu-storage-daemon exporting `image` as vhost-user-blk on `socket`;
+/// killed when dropped.
+struct StorageDaemon(Child);
+
+impl StorageDaemon {
+    fn start(image: &str, socket: &str) -> Self {
+        let blockdev = format!("driver=file,node-name=f,filename={image}");
+        let export = format!(
+            "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={socket},writable=on,num-queues=2"
+        );
+        let child = Command::new("qemu-storage-daemon")
+            .args(["--blockdev", &blockdev, "--export", &export])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu-storage-daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::path::Path::new(socket).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for StorageDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn blk_rw_against_qemu_storage_daemon() {
+    let test = "blk_rw_against_qemu_storage_daemon";
+    if !kvm_or_skip(test) || !tool_or_skip("qemu-storage-daemon", test) {
+        return;
+    }
+    let scratch = Scratch::new("blk-qsd");
+    let image = raw_image(&scratch, "d.img", 16);
+    let socket = scratch.path("qsd.sock").display().to_string();
+    let _daemon = StorageDaemon::start(&image, &socket);
+    let run = blk("test=blk-rw", &format!("vhost-user={socket}"));
+    run.assert_passed("blk-rw", EXIT_POWEROFF);
+    assert_eq!(run.value("blk-rw", "queues").as_deref(), Some("2"), "{run}");
+}
+
+#[test]
+fn dead_dev_block_stops_the_vm_naming_the_device() {
+    if !kvm_or_skip("dead_dev_block_stops_the_vm_naming_the_device") {
+        return;
+    }
+    let scratch = Scratch::new("blk-dies");
+    let image = raw_image(&scratch, "d.img", 512);
+    let mut child = Monitor::guest("test=blk-rw")
+        .cpus(2)
+        .memory("256M")
+        .disk(&image)
+        .command()
+        .spawn()
+        .expect("start vmm-monitor");
+    // Wait until the guest is at work, then kill the disk's process.
+    let mut console = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while console.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("VMDT BEGIN") {
+        line.clear();
+    }
+    let children =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+            .unwrap_or_default();
+    let dev_block: Vec<i32> = children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim() == "dev-block")
+        })
+        .collect();
+    assert_eq!(dev_block.len(), 1, "one dev-block child: {children:?}");
+    // SAFETY: kill(2) on a pid we just read as our child's child.
+    assert_eq!(unsafe { libc::kill(dev_block[0], libc::SIGKILL) }, 0);
+    let status = child.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(status.code(), Some(EXIT_DEVICE_DIED), "{log}");
+    assert!(
+        log.contains("VM stopped: device process disk0 killed by signal 9"),
+        "{log}"
+    );
+    // The dev-block process was reaped: nothing is left behind.
+    assert!(!std::path::Path::new(&format!("/proc/{}", dev_block[0])).exists());
+}
