@@ -229,3 +229,85 @@ fn dead_dev_block_stops_the_vm_naming_the_device() {
     // The dev-block process was reaped: nothing is left behind.
     assert!(!std::path::Path::new(&format!("/proc/{}", dev_block[0])).exists());
 }
+
+/// A process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dev_block_standalone_serves_qemu_as_frontend() {
+    let test = "dev_block_standalone_serves_qemu_as_frontend";
+    if !kvm_or_skip(test) || !tool_or_skip("qemu-system-x86_64", test) {
+        return;
+    }
+    let scratch = Scratch::new("blk-qemu-frontend");
+    let image = raw_image(&scratch, "d.img", 16);
+    let socket = scratch.path("dev-block.sock").display().to_string();
+    let dev_block = vmd_tests::monitor_binary().with_file_name("dev-block");
+    let mut backend = Killed(
+        Command::new(dev_block)
+            .args(["--socket", &socket, "--disk", &image, "--queues", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dev-block"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&socket).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // QEMU needs guest RAM it can share with a vhost-user backend: a memfd.
+    let chardev = format!("socket,id=c0,path={socket}");
+    let out = Command::new("timeout")
+        .args([
+            "120",
+            "qemu-system-x86_64",
+            "-accel",
+            "kvm",
+            "-M",
+            "q35",
+            "-m",
+            "256M",
+            "-smp",
+            "2",
+        ])
+        .args([
+            "-object",
+            "memory-backend-memfd,id=mem,size=256M,share=on",
+            "-numa",
+            "node,memdev=mem",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-kernel", vmd_tests::TEST_GUEST, "-append", "test=blk-rw"])
+        .args([
+            "-chardev",
+            &chardev,
+            "-device",
+            "vhost-user-blk-pci,chardev=c0,num-queues=2",
+        ])
+        .output()
+        .expect("run qemu");
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        console.contains("VMDT PASS blk-rw"),
+        "{console}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The standalone backend outlives its frontend and listens again.
+    assert!(
+        backend.0.try_wait().unwrap().is_none(),
+        "dev-block still serves"
+    );
+}
