@@ -311,3 +311,57 @@ fn dev_block_standalone_serves_qemu_as_frontend() {
         "dev-block still serves"
     );
 }
+
+#[test]
+fn blk_rw_qcow2_overlay_reads_through_its_backing_chain() {
+    let test = "blk_rw_qcow2_overlay_reads_through_its_backing_chain";
+    if !kvm_or_skip(test) || !tool_or_skip("qemu-img", test) {
+        return;
+    }
+    let scratch = Scratch::new("blk-backing");
+    let base = scratch.path("base.img");
+    std::fs::write(&base, vec![0x5a; 4 << 20]).unwrap();
+    let mid = scratch.path("mid.qcow2").display().to_string();
+    let top = scratch.path("top.qcow2").display().to_string();
+    // Backing names relative to each image, as vmctl create -b writes them.
+    run_tool(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "base.img", "-F", "raw", &mid,
+        ],
+    );
+    run_tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            &top,
+        ],
+    );
+    // The guest rewrites only the first MiB.
+    let run = blk("test=blk-rw size=1", &top);
+    run.assert_passed("blk-rw", EXIT_POWEROFF);
+    let raw = scratch.path("top.raw").display().to_string();
+    run_tool("qemu-img", &["convert", "-O", "raw", &top, &raw]);
+    let content = std::fs::read(&raw).unwrap();
+    assert!(
+        content[..1 << 20].iter().any(|b| *b != 0x5a),
+        "the guest's writes are in the overlay"
+    );
+    assert!(
+        content[1 << 20..].iter().all(|b| *b == 0x5a),
+        "the rest reads through two backing files"
+    );
+    assert!(
+        std::fs::read(&base).unwrap().iter().all(|b| *b == 0x5a),
+        "the base is untouched"
+    );
+    let check = run_tool("qemu-img", &["check", &top]);
+    assert!(check.contains("No errors were found"), "{check}");
+}

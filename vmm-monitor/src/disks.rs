@@ -2,8 +2,11 @@
 //! a dev-block process the monitor starts or by an external backend.
 //!
 //! For an image disk the monitor opens the image itself (read-only when the
-//! disk is), makes a socketpair, and starts dev-block with its end of the
-//! socket at fd 3 and the image at fd 4; dev-block opens nothing by path.
+//! disk is) and, for a qcow2 image, its backing chain (read-only, found by
+//! name relative to each image, at most 4 deep, through dev-block's own
+//! qcow2 reader), makes a socketpair, and starts dev-block with its end of
+//! the socket at fd 3, the image at fd 4 and the backing files from fd 5 up;
+//! dev-block opens nothing by path.
 //! For `vhost-user=SOCKET` the monitor connects to a backend that is
 //! already listening (qemu-storage-daemon, SPDK, a standalone dev-block).
 
@@ -11,6 +14,8 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+
+use dev_block::disk::{open_image as open_disk, Format, RecordingOpener};
 
 use crate::config::{DiskBackend, DiskFormat};
 use crate::device_proc::{sibling_binary, DeviceProcess, DeviceProcessError};
@@ -48,6 +53,17 @@ pub enum DiskError {
     /// The device process could not be started.
     #[error(transparent)]
     Process(#[from] DeviceProcessError),
+    /// The image or its backing chain is not usable.
+    #[error("disk{index}: {path}")]
+    Image {
+        /// Disk index.
+        index: usize,
+        /// The image path.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: dev_block::disk::OpenError,
+    },
     /// The vhost-user conversation failed.
     #[error(transparent)]
     VhostUser(#[from] vhost_user::Error),
@@ -87,6 +103,7 @@ pub fn attach(
             readonly,
         } => {
             let image = open_image(index, path, *readonly)?;
+            let backing = backing_chain(index, path, &image, *format)?;
             let (ours, theirs) =
                 UnixStream::pair().map_err(|source| DiskError::Socket { index, source })?;
             let program = sibling_binary("dev-block")?;
@@ -110,15 +127,16 @@ pub fn attach(
             if *readonly {
                 args.push("--readonly".into());
             }
-            let process = DeviceProcess::spawn(
-                &name,
-                &program,
-                &args,
-                &[theirs.as_fd(), image.as_fd()],
-                events.clone(),
-            )?;
+            let mut fds = vec![theirs.as_fd(), image.as_fd()];
+            for (i, file) in backing.iter().enumerate() {
+                args.push("--backing-fd".into());
+                args.push((5 + i).to_string());
+                fds.push(file.as_fd());
+            }
+            let process = DeviceProcess::spawn(&name, &program, &args, &fds, events.clone())?;
             // The child has its copies; ours close here.
-            drop((theirs, image));
+            drop(fds);
+            drop((theirs, image, backing));
             let device = VhostUserDevice::connect(&name, ours, VIRTIO_ID_BLOCK, queues)?;
             log::info!(
                 "{name}: {} served by dev-block pid {}",
@@ -131,6 +149,33 @@ pub fn attach(
             })
         }
     }
+}
+
+/// The backing chain of `image` (empty for raw images), opened read-only,
+/// top-down. Opening the image read-only here changes nothing in it.
+fn backing_chain(
+    index: usize,
+    path: &std::path::Path,
+    image: &File,
+    format: Option<DiskFormat>,
+) -> Result<Vec<File>, DiskError> {
+    let err = |source| DiskError::Image {
+        index,
+        path: path.to_owned(),
+        source,
+    };
+    let copy = image.try_clone().map_err(|source| DiskError::Open {
+        index,
+        path: path.to_owned(),
+        source,
+    })?;
+    let format = format.map(|f| match f {
+        DiskFormat::Raw => Format::Raw,
+        DiskFormat::Qcow2 => Format::Qcow2,
+    });
+    let mut opener = RecordingOpener::new(path);
+    open_disk(copy, format, true, &mut opener).map_err(err)?;
+    Ok(opener.files)
 }
 
 fn open_image(index: usize, path: &std::path::Path, readonly: bool) -> Result<File, DiskError> {

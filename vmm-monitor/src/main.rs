@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use ipc::logger;
 use vmm_monitor::config::{Cli, VmConfig};
 use vmm_monitor::devices::serial::ConsoleSink;
 use vmm_monitor::exit::{VmEvent, EXIT_HOST_ERROR};
-use ipc::logger;
 use vmm_monitor::vm;
 
 fn main() -> ExitCode {

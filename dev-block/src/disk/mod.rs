@@ -14,6 +14,7 @@ pub mod raw;
 
 pub use open::{
     open_image, BackingOpener, FileListOpener, Format, NoBacking, OpenError, PathOpener,
+    RecordingOpener,
 };
 pub use qcow2::Qcow2Image;
 pub use raw::RawImage;

@@ -181,6 +181,34 @@ impl BackingOpener for PathOpener {
     }
 }
 
+/// Opens backing files by path, as [`PathOpener`] does, and keeps a
+/// duplicate of each: the monitor uses it to open an image's whole chain
+/// (read-only) and pass the files to dev-block as fds, top-down.
+#[derive(Debug)]
+pub struct RecordingOpener {
+    paths: PathOpener,
+    /// The backing files opened so far, top-down.
+    pub files: Vec<File>,
+}
+
+impl RecordingOpener {
+    /// An opener for the chain of the image at `image`.
+    pub fn new(image: &Path) -> Self {
+        Self {
+            paths: PathOpener::new(image),
+            files: Vec::new(),
+        }
+    }
+}
+
+impl BackingOpener for RecordingOpener {
+    fn open_backing(&mut self, name: &str, depth: usize) -> io::Result<File> {
+        let file = self.paths.open_backing(name, depth)?;
+        self.files.push(file.try_clone()?);
+        Ok(file)
+    }
+}
+
 /// Hands out already opened files in chain order (the monitor passes one fd
 /// per backing image, top-down), whatever their names.
 ///
