@@ -9,6 +9,7 @@ use crate::bootinfo::BootInfo;
 use crate::power;
 use crate::sync::OnceCell;
 
+mod blk_bench;
 mod blk_common;
 mod blk_discard;
 mod blk_id;
@@ -43,6 +44,7 @@ const ALL: &[Scenario] = &[
     blk_id::SCENARIO,
     blk_discard::SCENARIO,
     blk_ro::SCENARIO,
+    blk_bench::SCENARIO,
 ];
 
 /// Scenario run when the command line names none.
