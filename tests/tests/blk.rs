@@ -81,13 +81,35 @@ fn blk_rw_qcow2_from_qemu_img_stays_consistent() {
     );
 }
 
+/// A fresh qcow2 image of `mib` MiB made by qemu-img, if it is installed.
+fn qcow2_image(scratch: &Scratch, name: &str, mib: u64, test: &str) -> Option<String> {
+    if !tool_or_skip("qemu-img", test) {
+        return None;
+    }
+    let image = scratch.path(name).display().to_string();
+    run_tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", &image, &format!("{mib}M")],
+    );
+    Some(image)
+}
+
 #[test]
 fn blk_id_returns_the_disk_name() {
-    if !kvm_or_skip("blk_id_returns_the_disk_name") {
+    let test = "blk_id_returns_the_disk_name";
+    if !kvm_or_skip(test) {
         return;
     }
     let scratch = Scratch::new("blk-id");
-    let run = blk("test=blk-id", &raw_image(&scratch, "d.img", 1));
+    let mut disks = vec![raw_image(&scratch, "d.img", 1)];
+    disks.extend(qcow2_image(&scratch, "d.qcow2", 1, test));
+    for disk in disks {
+        check_blk_id(&disk);
+    }
+}
+
+fn check_blk_id(disk: &str) {
+    let run = blk("test=blk-id", disk);
     run.assert_passed("blk-id", EXIT_POWEROFF);
     // The first data line describes the PCI function (its `id=` is the PCI
     // ID); the ID string comes on the line of its own.
@@ -119,23 +141,26 @@ fn blk_discard_and_write_zeroes_on_raw_and_qcow2() {
 
 #[test]
 fn blk_ro_write_fails_and_image_is_untouched() {
-    if !kvm_or_skip("blk_ro_write_fails_and_image_is_untouched") {
+    let test = "blk_ro_write_fails_and_image_is_untouched";
+    if !kvm_or_skip(test) {
         return;
     }
     let scratch = Scratch::new("blk-ro");
-    let image = raw_image(&scratch, "d.img", 1);
-    std::fs::write(&image, vec![0x5a; 1 << 20]).unwrap();
-    let run = blk("test=blk-ro", &format!("{image},readonly"));
-    run.assert_passed("blk-ro", EXIT_POWEROFF);
-    assert_eq!(
-        run.value("blk-ro", "write_status").as_deref(),
-        Some("1"),
-        "IOERR:\n{run}"
-    );
-    assert!(
-        std::fs::read(&image).unwrap().iter().all(|b| *b == 0x5a),
-        "image unchanged"
-    );
+    let raw = raw_image(&scratch, "d.img", 1);
+    std::fs::write(&raw, vec![0x5a; 1 << 20]).unwrap();
+    let mut disks = vec![raw];
+    disks.extend(qcow2_image(&scratch, "d.qcow2", 1, test));
+    for image in disks {
+        let before = std::fs::read(&image).unwrap();
+        let run = blk("test=blk-ro", &format!("{image},readonly"));
+        run.assert_passed("blk-ro", EXIT_POWEROFF);
+        assert_eq!(
+            run.value("blk-ro", "write_status").as_deref(),
+            Some("1"),
+            "IOERR:\n{run}"
+        );
+        assert_eq!(std::fs::read(&image).unwrap(), before, "{image} unchanged");
+    }
 }
 
 /// qemu-storage-daemon exporting `image` as vhost-user-blk on `socket`;

@@ -74,6 +74,11 @@ type Desc = (u64, u32, u16);
 fn chain(mem: &GuestMemoryMmap, descs: &[Desc]) -> Option<DescChain> {
     let mut all = vec![(HEADER, 16, 0)];
     all.extend_from_slice(descs);
+    chain_of(mem, &all)
+}
+
+/// Lays out exactly `all` as one chain and walks it.
+fn chain_of(mem: &GuestMemoryMmap, all: &[Desc]) -> Option<DescChain> {
     for (i, (addr, len, flags)) in all.iter().enumerate() {
         let last = i + 1 == all.len();
         let at = GuestAddress(TABLE + 16 * i as u64);
@@ -353,6 +358,23 @@ fn process_bad_shapes_get_ioerr_or_unsupp_and_device_goes_on() {
         )
         .1,
         S_OK
+    );
+}
+
+#[test]
+fn process_truncated_header_is_ioerr() {
+    let (mem, disk) = (memory(), MemDisk::new(8192, false));
+    let device = BlockDevice::new(disk, "x", 1, 128);
+    mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    let chain = chain_of(&mem, &[(HEADER, 8, 0), status_desc()]).unwrap();
+    assert_eq!(device.process(&mem, &chain), (1, Some(S_IOERR)));
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), S_IOERR);
+    assert_eq!(
+        device
+            .metrics()
+            .bad_requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
     );
 }
 
