@@ -532,8 +532,8 @@ fn report(
         "{:<20} {:>10} {:>10} {:>6}   {:>10} {:>10} {:>6}   {:>9} {:>7}",
         "row", "dev-block", "qsd", "ratio", "dev-block", "qsd", "ratio", "dev-block", "qsd"
     );
-    for key in keys {
-        let (a, b) = (&ours[key], &peer[key]);
+    for key in &keys {
+        let (a, b) = (&ours[*key], &peer[*key]);
         let (ia, ib) = (median(a.iops.clone()), median(b.iops.clone()));
         let (ca, cb) = (
             median(a.cpu_us_per_io.clone()),
@@ -548,6 +548,24 @@ fn report(
             median(b.irqs_per_io.clone()),
         );
     }
+    println!("per-round ratios, lowest to highest (round i of dev-block against round i of qsd):");
+    for key in &keys {
+        let (a, b) = (&ours[*key], &peer[*key]);
+        println!(
+            "{:<20} IOPS {:<14} CPU per I/O {}",
+            label(key),
+            spread(&a.iops, &b.iops),
+            spread(&a.cpu_us_per_io, &b.cpu_us_per_io)
+        );
+    }
+}
+
+/// "min–max" of the paired ratios `ours[i] / peer[i]`.
+fn spread(ours: &[f64], peer: &[f64]) -> String {
+    let ratios: Vec<f64> = ours.iter().zip(peer).map(|(a, b)| a / b).collect();
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.2}–{max:.2}")
 }
 
 fn main() {

@@ -12,7 +12,8 @@
 //! result line right after its last completion, so that a host-side tool
 //! reading the console as it streams can sample the backend's CPU time at
 //! both (the device is idle while the guest prints). Completion by MSI-X
-//! (default) or polling (`poll=1`).
+//! (default) or polling (`poll=1`). `rw=<name>` and `depth=<n>` run only
+//! the rows of that kind and depth (for profiling one of them).
 
 use super::blk_common::{self, SECTOR};
 use super::{Ctx, Reason, Scenario};
@@ -238,7 +239,14 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         unsafe { ((setup.bufs + 8 * w) as *mut u64).write_volatile(w.wrapping_mul(0x9E37_79B9)) };
     }
     let tsc_ms = cpu::tsc_per_ms();
+    let only_rw = ctx.boot.arg("rw");
+    let only_depth = ctx.boot.arg("depth");
     for (index, row) in ROWS.iter().enumerate() {
+        if only_rw.is_some_and(|rw| rw != row.rw)
+            || only_depth.is_some_and(|d| d.parse() != Ok(row.depth))
+        {
+            continue;
+        }
         let ops = ops_arg.unwrap_or(row.ops);
         let depth = row.depth.min(setup.slots);
         crate::println!(
