@@ -209,6 +209,49 @@ fn blk_rw_against_qemu_storage_daemon() {
     assert_eq!(run.value("blk-rw", "queues").as_deref(), Some("2"), "{run}");
 }
 
+/// Checks a `test=blk-rw reinit=1` run on a 16 MiB disk: passed, and
+/// the whole area verified after the device reset and re-initialisation.
+fn assert_reinit_verified(run: &vmd_tests::GuestRun) {
+    run.assert_passed("blk-rw", EXIT_POWEROFF);
+    let reinit = run
+        .data("blk-rw")
+        .into_iter()
+        .find(|line| line.starts_with("reinit="))
+        .map(str::to_owned);
+    let reinit = reinit.unwrap_or_else(|| panic!("no reinit line:\n{run}"));
+    assert!(
+        reinit.starts_with("reinit=1 verified=16777216 "),
+        "{reinit}:\n{run}"
+    );
+    // The depths after the reset ran too.
+    assert!(
+        run.data("blk-rw")
+            .iter()
+            .any(|line| line.contains(" depth=32 ")),
+        "{run}"
+    );
+}
+
+#[test]
+fn blk_device_reset_and_reinit_keeps_data() {
+    let test = "blk_device_reset_and_reinit_keeps_data";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let scratch = Scratch::new("blk-reinit");
+    let run = blk("test=blk-rw reinit=1", &raw_image(&scratch, "d.img", 16));
+    assert_reinit_verified(&run);
+
+    if !tool_or_skip("qemu-storage-daemon", test) {
+        return;
+    }
+    let image = raw_image(&scratch, "q.img", 16);
+    let socket = scratch.path("qsd.sock").display().to_string();
+    let _daemon = StorageDaemon::start(&image, &socket);
+    let run = blk("test=blk-rw reinit=1", &format!("vhost-user={socket}"));
+    assert_reinit_verified(&run);
+}
+
 #[test]
 fn dead_dev_block_stops_the_vm_naming_the_device() {
     if !kvm_or_skip("dead_dev_block_stops_the_vm_naming_the_device") {

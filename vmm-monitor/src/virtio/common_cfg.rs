@@ -311,7 +311,13 @@ impl CommonConfig {
     }
 
     fn write_queue_field(&mut self, offset: u64, value: u16) -> CommonAction {
-        let vector = self.checked_vector(value);
+        // Only a queue_msix_vector write is a vector (checking any other
+        // field's value logged bogus "beyond the table" messages).
+        let vector = if offset == QUEUE_MSIX_VECTOR {
+            self.checked_vector(value)
+        } else {
+            NO_VECTOR
+        };
         let Some(q) = self.selected_for_write() else {
             return CommonAction::None;
         };

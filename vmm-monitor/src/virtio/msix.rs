@@ -157,7 +157,8 @@ impl Msix {
             // Truncation intended: the i-th dword of the access.
             let part = (value >> (32 * i)) as u32;
             match dword.and_then(|d| self.write_dword(d, part)) {
-                Some(vector) => change = TableChange::Vector(vector),
+                Some(Some(vector)) => change = TableChange::Vector(vector),
+                Some(None) => {}
                 None => log::debug!(
                     "virtio-pci: MSI-X table {}-byte write at {offset:#x} ignored",
                     data.len()
@@ -167,7 +168,9 @@ impl Msix {
         change
     }
 
-    fn write_dword(&mut self, offset: u64, value: u32) -> Option<usize> {
+    /// Writes one table dword: None if the table has no such dword, else
+    /// the vector whose entry changed (None: the write changed nothing).
+    fn write_dword(&mut self, offset: u64, value: u32) -> Option<Option<usize>> {
         let vector = usize::try_from(offset / MSIX_ENTRY_SIZE).ok()?;
         let entry = self.entries.get_mut(vector)?;
         let before = *entry;
@@ -181,7 +184,7 @@ impl Msix {
             ENTRY_VECTOR_CONTROL => entry.masked = value & VECTOR_CONTROL_MASKED != 0,
             _ => return None,
         }
-        (*entry != before).then_some(vector)
+        Some((*entry != before).then_some(vector))
     }
 
     /// A guest read of the pending bit array (dword or qword accesses).

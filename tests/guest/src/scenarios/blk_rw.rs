@@ -4,6 +4,11 @@
 //! descriptors placed apart in memory; flushes, reads everything back and
 //! verifies. Each depth uses its own seed, so stale data is caught too.
 //! Completion by MSI-X (default) or polling (`poll=1`).
+//!
+//! `reinit=1` (or `resets=N`): after the first depth's pass, resets the
+//! device and initialises it from scratch (new rings), then reads the whole
+//! area back and verifies the first pass's pattern survived (N times), then
+//! goes on with the other depths.
 
 use super::blk_common::{self, check, fill, SECTOR};
 use super::{Ctx, Reason, Scenario};
@@ -62,6 +67,7 @@ impl Req {
 }
 
 /// The geometry of one pass.
+#[derive(Clone, Copy)]
 struct Pass {
     write: bool,
     seed: u64,
@@ -189,6 +195,7 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
     }
     let slots = blk.slots.min(MAX_SLOTS);
     let bufs = dma::alloc(ctx.boot, (blk.nq * MAX_SLOTS) as u64 * SLOT_BYTES, 4096)?;
+    let resets = resets(ctx)?;
     let tsc_ms = cpu::tsc_per_ms();
     for (i, &want_depth) in DEPTHS.iter().enumerate() {
         let depth = want_depth.min(slots);
@@ -228,6 +235,54 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         if blk.irq && irqs == 0 {
             crate::fail!("MSI-X mode but no interrupt counted");
         }
+        if i == 0 {
+            for k in 1..=resets {
+                reset_and_verify(ctx, &mut blk, &pass, k)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Device resets asked for: `resets=N`, else 1 with `reinit=1`, else 0.
+fn resets(ctx: &Ctx) -> Result<u32, Reason> {
+    let arg = ctx
+        .boot
+        .arg("resets")
+        .or(ctx.boot.arg("reinit").filter(|v| *v != "0"));
+    match arg.map(str::parse::<u32>) {
+        None => Ok(0),
+        Some(Ok(n)) if n <= 100 => Ok(n),
+        Some(_) => crate::fail!("bad reinit=/resets= (0..=100 resets)"),
+    }
+}
+
+/// Reset number `k`: resets and re-initialises the device, then reads
+/// `[0, pass.end)` back (at the pass's depth) and verifies it still holds
+/// the pattern written before the reset.
+fn reset_and_verify(ctx: &Ctx, blk: &mut Blk, pass: &Pass, k: u32) -> Result<(), Reason> {
+    let tsc_ms = cpu::tsc_per_ms();
+    let began = cpu::rdtsc();
+    blk.reinit(ctx.boot)?;
+    let reset = cpu::rdtsc();
+    let irqs_before = blk.irqs();
+    let verify = Pass {
+        write: false,
+        depth: pass.depth.min(blk.slots),
+        ..*pass
+    };
+    let reads = run_pass(blk, &verify)?;
+    let irqs = blk.irqs() - irqs_before;
+    crate::println!(
+        "VMDT {} reinit={k} verified={} queues={} irqs={irqs} reset_ms={} read_ms={} requests={reads}",
+        ctx.name,
+        pass.end * SECTOR,
+        blk.nq,
+        (reset - began) / tsc_ms,
+        (cpu::rdtsc() - reset) / tsc_ms,
+    );
+    if blk.irq && irqs == 0 {
+        crate::fail!("MSI-X mode but no interrupt counted after reset {k}");
     }
     Ok(())
 }

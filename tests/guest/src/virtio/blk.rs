@@ -111,21 +111,92 @@ pub struct Blk {
     pub slots: usize,
     meta: u64,
     pub irq: bool,
+    /// Features asked for (with the ones the driver always wants).
+    wanted: u64,
+    /// `Options::max_queues`.
+    max_queues: usize,
 }
 
 impl Blk {
     /// Finds, resets and initialises the first virtio block device.
     pub fn open(boot: &BootInfo, opts: &Options) -> Result<Blk, Reason> {
         let t = transport::find(TYPE_BLOCK)?;
-        t.reset()?;
-        t.add_status(STATUS_ACKNOWLEDGE);
-        t.add_status(STATUS_DRIVER);
-        let offered = t.device_features();
         let mut wanted = opts.features | F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE;
         if opts.max_queues > 1 {
             wanted |= F_MQ;
         }
-        let features = t.negotiate(wanted)?;
+        let mut blk = Blk {
+            t,
+            offered: 0,
+            features: 0,
+            cfg: Config::default(),
+            queues: [Queue::default(); MAX_QUEUES],
+            nq: 0,
+            slots: MAX_SLOTS,
+            meta: dma::alloc(
+                boot,
+                MAX_QUEUES as u64 * MAX_SLOTS as u64 * META_STRIDE,
+                4096,
+            )?,
+            irq: opts.irq,
+            wanted,
+            max_queues: opts.max_queues,
+        };
+        blk.init(boot)?;
+        Ok(blk)
+    }
+
+    /// Resets the device and initialises it from scratch (virtio 1.2
+    /// §3.1.1): status, features, configuration, fresh queues at new
+    /// addresses (the old rings are abandoned, so a device that kept their
+    /// addresses or ring state would miss every new request), MSI-X
+    /// vectors, DRIVER_OK. Nothing may be in flight. Fails unless the device
+    /// comes back with the same features, capacity and queue count.
+    pub fn reinit(&mut self, boot: &BootInfo) -> Result<(), Reason> {
+        let func = self.t.func;
+        let (features, capacity, nq, slots) =
+            (self.features, self.cfg.capacity, self.nq, self.slots);
+        let old = self.queues;
+        self.init(boot)?;
+        if self.features != features {
+            crate::fail!(
+                "{func}: features {:#x} after reset, {features:#x} before",
+                self.features
+            );
+        }
+        if self.cfg.capacity != capacity || self.nq != nq || self.slots != slots {
+            crate::fail!(
+                "{func}: capacity/queues/slots {}/{}/{} after reset, {capacity}/{nq}/{slots} before",
+                self.cfg.capacity,
+                self.nq,
+                self.slots
+            );
+        }
+        for (q, (new, old)) in self.queues[..nq].iter().zip(&old[..nq]).enumerate() {
+            if new.desc == old.desc || new.avail == old.avail || new.used == old.used {
+                crate::fail!("{func}: queue {q} rings not moved by reinit");
+            }
+        }
+        Ok(())
+    }
+
+    /// Device reset and initialisation up to DRIVER_OK (marks the device
+    /// FAILED on an error after the reset).
+    fn init(&mut self, boot: &BootInfo) -> Result<(), Reason> {
+        self.t.reset()?;
+        let result = self.negotiate_and_setup(boot);
+        if result.is_err() {
+            self.t.fail();
+        }
+        result
+    }
+
+    fn negotiate_and_setup(&mut self, boot: &BootInfo) -> Result<(), Reason> {
+        let t = &self.t;
+        t.add_status(STATUS_ACKNOWLEDGE);
+        t.add_status(STATUS_DRIVER);
+        let offered = t.device_features();
+        let features = t.negotiate(self.wanted)?;
         let has = |f: u64| features & f != 0;
         let cfg = Config {
             capacity: t.config_u64(0),
@@ -144,30 +215,16 @@ impl Blk {
             max_write_zeroes_seg: t.config_u32(52),
             write_zeroes_may_unmap: t.config_u8(56),
         };
-        let nq = usize::from(cfg.num_queues.min(t.num_queues()))
+        self.nq = usize::from(cfg.num_queues.min(t.num_queues()))
             .min(MAX_QUEUES)
-            .min(opts.max_queues)
+            .min(self.max_queues)
             .max(1);
-        let mut blk = Blk {
-            t,
-            offered,
-            features,
-            cfg,
-            queues: [Queue::default(); MAX_QUEUES],
-            nq,
-            slots: MAX_SLOTS,
-            meta: dma::alloc(
-                boot,
-                MAX_QUEUES as u64 * MAX_SLOTS as u64 * META_STRIDE,
-                4096,
-            )?,
-            irq: opts.irq,
-        };
-        let result = blk.setup(boot);
-        if result.is_err() {
-            blk.t.fail();
-        }
-        result.map(|()| blk)
+        self.offered = offered;
+        self.features = features;
+        self.cfg = cfg;
+        self.queues = [Queue::default(); MAX_QUEUES];
+        self.slots = MAX_SLOTS;
+        self.setup(boot)
     }
 
     fn setup(&mut self, boot: &BootInfo) -> Result<(), Reason> {
