@@ -105,11 +105,20 @@ pub trait Device: Send + Sync + 'static {
     /// Processes queue `queue` after a kick (or after a reconnect, to run
     /// resubmitted requests).
     fn handle_queue(&self, queue: u16, ctx: &mut QueueContext<'_>) -> Result<(), HandleError>;
-    /// An fd the queue's worker also waits on; when it is readable
-    /// `handle_queue` runs (e.g. a tap fd for the rx queue).
+    /// An fd the queue's worker also waits on; when it becomes readable
+    /// `handle_queue` runs (e.g. a tap fd for the rx queue). It is polled
+    /// edge-triggered: `handle_queue` must consume what made it readable
+    /// (read an eventfd, drain a socket), or it is not called again for it
+    /// until the fd becomes readable anew or a kick comes.
     fn queue_event_fd(&self, _queue: u16) -> Option<RawFd> {
         None
     }
+    /// Queue `queue`'s worker has stopped (GET_VRING_BASE, a new kick fd,
+    /// RESET_DEVICE or the end of the connection): the ring must not be
+    /// touched until it is started again. A device that runs requests off
+    /// the worker thread waits for them here; those it has not completed
+    /// stay in the inflight region, to be resubmitted.
+    fn stop_queue(&self, _queue: u16) {}
     /// The device's counters.
     fn metrics(&self) -> &Metrics;
     /// The frontend went away or reset the device: drop per-driver state.

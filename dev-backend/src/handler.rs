@@ -121,6 +121,9 @@ impl<D: Device> BackendHandler<D> {
     fn stop_worker(&mut self, index: usize) {
         if let Some(worker) = self.workers.get_mut(index).and_then(Option::take) {
             worker.stop();
+            if let Ok(queue) = u16::try_from(index) {
+                self.device.stop_queue(queue);
+            }
         }
     }
 

@@ -161,7 +161,14 @@ impl<D: Device> Run<D> {
         add(kick.as_raw_fd(), EVENT_KICK)?;
         add(exit.as_raw_fd(), EVENT_EXIT)?;
         if let Some(fd) = self.device.queue_event_fd(self.index) {
-            add(fd, EVENT_DEVICE)?;
+            // Edge-triggered: while the ring is disabled or broken
+            // `handle_queue` does not run, and a still-readable fd must not
+            // wake this thread again and again.
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, EVENT_DEVICE),
+            )?;
         }
         Ok(epoll)
     }

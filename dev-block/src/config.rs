@@ -19,6 +19,19 @@ use crate::disk::Format;
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
 /// Most request queues.
 pub const MAX_QUEUES: u16 = 16;
+/// Default I/O threads per request queue.
+///
+/// Per queue because the guest's concurrency grows with its queues (Linux
+/// gives each vCPU one); 8 because on the development machine (2 host
+/// vCPUs, ext4 on a virtio disk) uncached 4 KiB random reads at queue depth
+/// 32 on 2 queues ran the same within noise with 4 to 16 threads, and worse
+/// and noisier with 32 or 64 (docs/benchmarks.md). A disk with more
+/// parallelism (NVMe) may want more: `--io-threads`.
+pub const IO_THREADS_PER_QUEUE: usize = 8;
+/// Default I/O threads at most (qemu-storage-daemon's pool is 64).
+pub const MAX_DEFAULT_IO_THREADS: usize = 64;
+/// Most I/O threads `--io-threads` accepts.
+pub const MAX_IO_THREADS: usize = 256;
 
 /// `dev-block`: serve a disk image as a vhost-user-blk device.
 #[derive(Debug, Parser)]
@@ -62,6 +75,9 @@ pub struct Cli {
     /// Request queues.
     #[arg(long, default_value_t = 1)]
     pub queues: u16,
+    /// I/O threads that run requests (default: 8 per queue, at most 64).
+    #[arg(long, value_name = "N")]
+    pub io_threads: Option<usize>,
     /// The ID string a guest's GET_ID request returns (at most 20 bytes).
     #[arg(long, default_value = "")]
     pub serial: String,
@@ -106,6 +122,8 @@ pub struct BlockConfig {
     pub readonly: bool,
     /// Request queues, 1..=MAX_QUEUES.
     pub queues: u16,
+    /// I/O threads, 1..=MAX_IO_THREADS.
+    pub io_threads: usize,
     /// GET_ID string.
     pub serial: String,
 }
@@ -127,6 +145,9 @@ pub enum ConfigError {
         /// The fd.
         fd: i32,
     },
+    /// I/O thread count out of range.
+    #[error("--io-threads: {0} is out of range (1 to {MAX_IO_THREADS})")]
+    IoThreads(usize),
     /// A required option is missing.
     #[error("{0} is required")]
     Missing(&'static str),
@@ -172,12 +193,18 @@ impl TryFrom<Cli> for BlockConfig {
         if cli.queues == 0 || cli.queues > MAX_QUEUES {
             return Err(ConfigError::Queues(cli.queues));
         }
+        let io_threads = match cli.io_threads {
+            Some(n) if n == 0 || n > MAX_IO_THREADS => return Err(ConfigError::IoThreads(n)),
+            Some(n) => n,
+            None => (usize::from(cli.queues) * IO_THREADS_PER_QUEUE).min(MAX_DEFAULT_IO_THREADS),
+        };
         Ok(Self {
             connection,
             image,
             format,
             readonly: cli.readonly,
             queues: cli.queues,
+            io_threads,
             serial: cli.serial,
         })
     }
@@ -214,7 +241,7 @@ mod tests {
                 backing: vec![5]
             }
         );
-        assert_eq!(c.queues, 2);
+        assert_eq!((c.queues, c.io_threads), (2, 16));
     }
 
     #[test]
@@ -232,6 +259,9 @@ mod tests {
         assert_eq!(c.connection, Connection::Listen("/tmp/s".into()));
         assert_eq!(c.image, ImageSource::Path("d.qcow2".into()));
         assert_eq!((c.format, c.readonly), (Some(Format::Qcow2), true));
+        assert_eq!(c.io_threads, IO_THREADS_PER_QUEUE);
+        let c = parse(&["--socket", "s", "--disk", "d", "--io-threads", "3"]).unwrap();
+        assert_eq!(c.io_threads, 3);
     }
 
     #[test]
@@ -247,6 +277,10 @@ mod tests {
         assert_eq!(
             parse(&["--socket", "s", "--disk", "d", "--queues", "0"]).unwrap_err(),
             "--queues: 0 is out of range (1 to 16)"
+        );
+        assert_eq!(
+            parse(&["--socket", "s", "--disk", "d", "--io-threads", "0"]).unwrap_err(),
+            "--io-threads: 0 is out of range (1 to 256)"
         );
         assert!(parse(&["--socket", "s", "--disk", "d", "--backing-fd", "5"]).is_err());
         assert!(parse(&["--disk", "d"]).is_err(), "a connection is required");

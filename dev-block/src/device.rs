@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use dev_backend::chain::DescChain;
 use dev_backend::memory::GuestMemoryMmap;
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::disk::{DiskError, DiskImage};
 use crate::metrics::BlockMetrics;
@@ -129,18 +129,52 @@ impl BlockDevice {
         }
     }
 
+    /// Serves `chain` here and now if that cannot wait for the host disk
+    /// (a read of page-cached data, a write, GET_ID, a refused request...);
+    /// says where it must run otherwise. See `backend` for why.
+    pub fn try_process(&self, mem: &GuestMemoryMmap, chain: &DescChain) -> Dispatch {
+        let Ok(parsed) = request::parse(mem, chain) else {
+            return Dispatch::Done(self.process(mem, chain));
+        };
+        let (sector, len) = match parsed.request {
+            Ok(Request::Flush) => return Dispatch::Flush,
+            Ok(Request::Read { sector, len }) => (sector, len),
+            _ => return Dispatch::Done(self.serve(parsed, mem, chain)),
+        };
+        let Ok(offset) = self.range(sector, u64::from(len)) else {
+            return Dispatch::Done(self.process(mem, chain));
+        };
+        let mut buf = vec![0u8; len as usize];
+        if !matches!(self.disk.try_read_at(&mut buf, offset), Ok(true)) {
+            return Dispatch::Pool;
+        }
+        let mut written = 0;
+        let result = self.deliver(&buf, mem, chain).map(|n| written = n);
+        let code = self.status_of(result);
+        Dispatch::Done(self.conclude(mem, parsed.status, code, written))
+    }
+
     /// Serves one descriptor chain: parses, executes, writes the status.
     /// Returns the used length to report (bytes the device wrote) and the
     /// status (`None` when the chain could not carry one).
     pub fn process(&self, mem: &GuestMemoryMmap, chain: &DescChain) -> (u32, Option<u8>) {
-        let parsed = match request::parse(mem, chain) {
-            Ok(parsed) => parsed,
+        match request::parse(mem, chain) {
+            Ok(parsed) => self.serve(parsed, mem, chain),
             Err(e) => {
                 log::debug!("dropping a request: {e}");
                 BlockMetrics::bump(&self.metrics.dropped_chains);
-                return (0, None);
+                (0, None)
             }
-        };
+        }
+    }
+
+    /// Executes a parsed request and writes its status.
+    fn serve(
+        &self,
+        parsed: request::ParsedRequest,
+        mem: &GuestMemoryMmap,
+        chain: &DescChain,
+    ) -> (u32, Option<u8>) {
         let (code, written) = match parsed.request {
             Ok(mut request) => match request::read_segments(&mut request, mem, chain) {
                 Ok(()) => self.execute(&request, mem, chain, parsed.writable_len),
@@ -148,7 +182,19 @@ impl BlockDevice {
             },
             Err(bad) => (self.refuse(&bad), 0),
         };
-        if mem.write_obj(code, parsed.status).is_err() {
+        self.conclude(mem, parsed.status, code, written)
+    }
+
+    /// Writes status `code` of a request that wrote `written` bytes; the
+    /// used length and status to report.
+    fn conclude(
+        &self,
+        mem: &GuestMemoryMmap,
+        status: GuestAddress,
+        code: u8,
+        written: usize,
+    ) -> (u32, Option<u8>) {
+        if mem.write_obj(code, status).is_err() {
             BlockMetrics::bump(&self.metrics.dropped_chains);
             return (written as u32, None);
         }
@@ -195,7 +241,12 @@ impl BlockDevice {
                 return (S_UNSUPP, 0);
             }
         };
-        let code = match result {
+        (self.status_of(result), written)
+    }
+
+    /// The status of an executed request, counting failures.
+    fn status_of(&self, result: Result<(), Failure>) -> u8 {
+        match result {
             Ok(()) => S_OK,
             Err(Failure::Disk(e)) => {
                 log::debug!("request failed: {e}");
@@ -207,8 +258,7 @@ impl BlockDevice {
                 BlockMetrics::bump(&self.metrics.bad_requests);
                 S_IOERR
             }
-        };
-        (code, written)
+        }
     }
 
     /// Byte offset of `sector`, if `[sector, sector + len)` lies on the disk.
@@ -239,11 +289,21 @@ impl BlockDevice {
         let offset = self.range(sector, u64::from(len))?;
         let mut buf = vec![0u8; len as usize];
         self.disk.read_at(&mut buf, offset)?;
+        self.deliver(&buf, mem, chain)
+    }
+
+    /// Copies the data of a read into the chain's buffers and counts it.
+    fn deliver(
+        &self,
+        buf: &[u8],
+        mem: &GuestMemoryMmap,
+        chain: &DescChain,
+    ) -> Result<usize, Failure> {
         let n = chain
-            .write_from(mem, &buf)
+            .write_from(mem, buf)
             .map_err(|_| Failure::Guest("read buffer not writable"))?;
         BlockMetrics::bump(&self.metrics.reads);
-        BlockMetrics::add(&self.metrics.read_bytes, u64::from(len));
+        BlockMetrics::add(&self.metrics.read_bytes, buf.len() as u64);
         Ok(n)
     }
 
@@ -290,6 +350,18 @@ impl BlockDevice {
         BlockMetrics::bump(&self.metrics.discards);
         Ok(())
     }
+}
+
+/// Where a request runs; from [`BlockDevice::try_process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// It was served: the used length and status, as from
+    /// [`BlockDevice::process`].
+    Done((u32, Option<u8>)),
+    /// A FLUSH: on the I/O pool, after the queue's earlier requests.
+    Flush,
+    /// A read that would wait for the host disk: on the I/O pool.
+    Pool,
 }
 
 /// Why an executed request failed.

@@ -6,6 +6,8 @@
 //! - [`request`]: descriptor chain → validated request.
 //! - [`device`]: executing requests against a disk; the config space.
 //! - [`backend`]: the vhost-user glue (dev-backend's `Device` trait).
+//! - [`pool`], [`queue_io`]: the I/O threads that run requests, and each
+//!   queue's requests in flight.
 //! - [`metrics`]: counters the device reports.
 
 pub mod backend;
@@ -13,6 +15,8 @@ pub mod config;
 pub mod device;
 pub mod disk;
 pub mod metrics;
+pub mod pool;
+pub mod queue_io;
 pub mod request;
 pub mod wire;
 
@@ -47,6 +51,9 @@ pub enum RunError {
     /// The image is not usable.
     #[error("the image cannot be served")]
     Image(#[from] OpenError),
+    /// The backend (its I/O threads) could not be started.
+    #[error("starting the device")]
+    Backend(#[from] backend::BackendError),
     /// Serving failed.
     #[error("vhost-user")]
     Serve(#[from] dev_backend::serve::ServeError),
@@ -104,7 +111,8 @@ pub fn run(config: BlockConfig) -> Result<(), RunError> {
         if disk.read_only() { ", read-only" } else { "" }
     );
     let device = device::BlockDevice::new(disk, &config.serial, config.queues, DEFAULT_QUEUE_SIZE);
-    let backend = backend::BlockBackend::new(device, DEFAULT_QUEUE_SIZE);
+    let backend = backend::BlockBackend::new(device, DEFAULT_QUEUE_SIZE, config.io_threads)?;
+    log::info!("{} I/O threads", backend.io_threads());
     match config.connection {
         Connection::Fd(fd) => {
             let socket = take_fd(fd, "vhost-user socket")?;

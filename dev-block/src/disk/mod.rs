@@ -67,6 +67,13 @@ pub trait DiskImage: Send + Sync {
     fn read_only(&self) -> bool;
     /// Fills `buf` from the disk at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), DiskError>;
+    /// Like [`read_at`](Self::read_at), but only if that needs no wait for
+    /// the host disk (the data is in the host's page cache): `Ok(false)`
+    /// when it would have to wait or cannot tell, and `buf` is then
+    /// unspecified. The default never tries.
+    fn try_read_at(&self, _buf: &mut [u8], _offset: u64) -> Result<bool, DiskError> {
+        Ok(false)
+    }
     /// Writes `buf` to the disk at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError>;
     /// Makes every completed write durable (fdatasync of the image and of

@@ -108,6 +108,24 @@ impl DiskImage for RawImage {
             .map_err(Self::io_err("read", offset, len))
     }
 
+    fn try_read_at(&self, buf: &mut [u8], offset: u64) -> Result<bool, DiskError> {
+        let len = buf.len() as u64;
+        DiskError::check_range(offset, len, self.size)?;
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return Ok(false);
+        };
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: `iov` describes `buf`, which is valid for writes of its
+        // length and exclusively borrowed for the call; the fd is ours.
+        let n = unsafe { libc::preadv2(self.file.as_raw_fd(), &iov, 1, off, libc::RWF_NOWAIT) };
+        // EAGAIN (not cached), a short read (partly cached), EOPNOTSUPP (no
+        // RWF_NOWAIT here) or a real error: `read_at` will tell.
+        Ok(u64::try_from(n).is_ok_and(|n| n == len))
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
         let len = buf.len() as u64;
         self.check_write(offset, len)?;
@@ -172,6 +190,19 @@ mod tests {
         f.write_all(&vec![fill; len]).unwrap();
         let img = RawImage::new(f.reopen().unwrap(), false).unwrap();
         (f, img)
+    }
+
+    #[test]
+    fn raw_try_read_reads_cached_data_and_checks_the_range() {
+        let (_f, img) = image(4096, 0x3c);
+        let mut buf = [0u8; 512];
+        // Just written, so in the page cache.
+        assert!(img.try_read_at(&mut buf, 1024).unwrap());
+        assert!(buf.iter().all(|b| *b == 0x3c));
+        assert!(matches!(
+            img.try_read_at(&mut buf, 4096),
+            Err(DiskError::OutOfRange { .. })
+        ));
     }
 
     #[test]

@@ -409,8 +409,11 @@ impl VirtioDevice for VhostUserDevice {
     fn activate(&mut self, queues: QueueSet) -> Result<(), VirtioDeviceError> {
         if !self.state.vrings.is_empty() {
             // The transport broke its promise of one activation per reset:
-            // stop the old rings rather than let two sets run.
-            log::warn!("{}: activated while running; stopping first", self.name);
+            // reset first (rings stopped, inflight region dropped: its
+            // entries describe the old rings and must not be resubmitted
+            // on the new ones) rather than let two sets run.
+            log::warn!("{}: activated while running; resetting first", self.name);
+            self.state.inflight = None;
             if let Err(err) = self.stop() {
                 log::warn!("{}", err.chain());
             }
