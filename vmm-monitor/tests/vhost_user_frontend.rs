@@ -751,4 +751,23 @@ fn vhost_user_frontend_requests_in_spec_order() {
         .unwrap_err();
     assert!(err.to_string().contains("queue 2 does not exist"), "{err}");
     assert!(recording::take(&recorder).is_empty());
+
+    // Activated again without a reset (a transport bug): the old rings stop
+    // and their inflight region is dropped, so that its entries are never
+    // resubmitted on the new rings.
+    dev.activate(set(vec![queue(0, 0x10000, true)])).unwrap();
+    recording::take(&recorder);
+    dev.activate(set(vec![queue(0, 0x30000, true)])).unwrap();
+    let log = recording::take(&recorder);
+    assert_eq!(
+        log[..2],
+        [
+            "SET_VRING_ENABLE 0 0".to_string(),
+            "GET_VRING_BASE 0".to_string()
+        ]
+    );
+    assert!(
+        log.iter().any(|l| l.starts_with("GET_INFLIGHT_FD")),
+        "a fresh inflight region: {log:?}"
+    );
 }
