@@ -23,6 +23,7 @@
 //! - [`vhost_user`]: the vhost-user frontend for devices in their own process.
 //! - [`vcpu`]: vCPU threads and their exit handling.
 //! - [`vm`]: putting it together: build a VM from a [`config::VmConfig`] and run it.
+//! - [`vmd`]: the daemon's side: vm.conf parsing (the daemon itself to come).
 //! - [`exit`]: how a VM ends, and the monitor's exit codes.
 
 pub mod acpi;
@@ -43,3 +44,4 @@ pub mod vcpu;
 pub mod vhost_user;
 pub mod virtio;
 pub mod vm;
+pub mod vmd;
