@@ -41,6 +41,9 @@ pub const MAX_QUEUE_SIZE: u16 = 256;
 const AVAIL_OFFSET: u64 = 0x1000;
 const USED_OFFSET: u64 = 0x2000;
 const DATA_SLOT: u64 = 0x1000;
+/// Request slots (a readable and a writable buffer each) that fit between
+/// [`DATA_BASE`] and the end of guest memory; reused round robin.
+const DATA_SLOTS: u64 = (GUEST_MEM_SIZE - DATA_BASE) / (2 * DATA_SLOT);
 /// How often [`TestFrontend::wait_used`] re-reads the used ring.
 const RECHECK: Duration = Duration::from_millis(10);
 
@@ -282,7 +285,7 @@ impl TestFrontend {
     /// may be outstanding (descriptors are reused round robin).
     pub fn add_request(&mut self, q: u16, data: &[u8], writable: u32) -> Result<u16, DriverError> {
         let size = self.guest.opts.queue_size;
-        let slot = DATA_BASE + (self.guest.next_slot % 0x80) * 2 * DATA_SLOT;
+        let slot = DATA_BASE + (self.guest.next_slot % DATA_SLOTS) * 2 * DATA_SLOT;
         self.guest.next_slot += 1;
         self.guest
             .mem
