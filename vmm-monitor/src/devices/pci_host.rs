@@ -67,12 +67,24 @@ pub const HOST_BRIDGE_DEVICE_ID: u16 = 0x0d57;
 pub const HOST_BRIDGE_CLASS: u32 = 0x06_0000;
 /// Class code sits in bits 31:8 of config register 2, above the revision.
 const CLASS_SHIFT: u32 = 8;
+// Registers (32-bit indices) of a type-0 configuration header (PCI 3.0
+// §6.1), shared by every PCI function the monitor emulates.
 /// Config register holding the command (15:0) and status (31:16) fields.
-const REG_COMMAND: usize = 1;
+pub const REG_COMMAND: usize = 1;
 /// Config register holding the class code and revision.
-const REG_CLASS: usize = 2;
+pub const REG_CLASS: usize = 2;
+/// Config register holding cache line size, latency, header type and BIST.
+pub const REG_HEADER: usize = 3;
+/// Config register of BAR0 (BAR0's low half for a 64-bit BAR).
+pub const REG_BAR0: usize = 4;
+/// Config register of BAR1 (BAR0's high half for a 64-bit BAR).
+pub const REG_BAR0_HIGH: usize = 5;
+/// Config register holding the subsystem vendor (15:0) and ID (31:16).
+pub const REG_SUBSYSTEM: usize = 11;
+/// Config register holding the capability list pointer (7:0).
+pub const REG_CAP_POINTER: usize = 13;
 /// Config register holding the interrupt line (7:0) and pin (15:8).
-const REG_INTERRUPT: usize = 15;
+pub const REG_INTERRUPT: usize = 15;
 /// Command register bits a host bridge lets the guest set: I/O, memory,
 /// bus master.
 const COMMAND_WRITABLE: u32 = 0x0007;

@@ -27,6 +27,10 @@
 //! ```
 
 use crate::devices::pci_host::ConfigSpace;
+pub use crate::devices::pci_host::{REG_BAR0, REG_BAR0_HIGH, REG_COMMAND};
+use crate::devices::pci_host::{
+    REG_CAP_POINTER, REG_CLASS, REG_HEADER, REG_INTERRUPT, REG_SUBSYSTEM,
+};
 
 /// PCI vendor ID of virtio devices (§4.1.2).
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
@@ -67,12 +71,6 @@ pub const MAX_VECTORS: usize = ((MSIX_PBA_OFFSET - MSIX_TABLE_OFFSET) / MSIX_ENT
 /// Most queues: one vector each plus the configuration vector.
 pub const MAX_QUEUES: usize = MAX_VECTORS - 1;
 
-/// Config register of BAR0's low half.
-pub const REG_BAR0: usize = 4;
-/// Config register of BAR0's high half (BAR1 slot of a 64-bit BAR).
-pub const REG_BAR0_HIGH: usize = 5;
-/// Config register with command (15:0) and status (31:16).
-pub const REG_COMMAND: usize = 1;
 /// Command register: memory space decoding enabled.
 pub const COMMAND_MEMORY: u32 = 1 << 1;
 /// Command bits the guest may write: memory, bus master, INTx disable.
@@ -81,13 +79,8 @@ const COMMAND_WRITABLE: u32 = COMMAND_MEMORY | (1 << 2) | (1 << 10);
 const STATUS_CAP_LIST: u32 = 1 << 4;
 /// BAR low bits: memory space, 64-bit type (0b10 << 1), not prefetchable.
 const BAR_TYPE_MEM64: u32 = 0b100;
-const REG_CLASS: usize = 2;
-const REG_HEADER: usize = 3;
 /// Cache line size byte of register 3, scratch for the guest.
 const CACHE_LINE_WRITABLE: u32 = 0xff;
-const REG_SUBSYSTEM: usize = 11;
-const REG_CAP_POINTER: usize = 13;
-const REG_INTERRUPT: usize = 15;
 /// Interrupt pin 1: INTA#.
 const INTERRUPT_PIN_INTA: u32 = 1;
 const INTERRUPT_LINE_WRITABLE: u32 = 0xff;
