@@ -12,14 +12,20 @@
 //!   [`IpcError`] for what can go wrong on the way.
 //! - [`fds`]: packing and taking SCM_RIGHTS control messages (libc
 //!   directly); received fds are owned and close-on-exec at once.
+//! - [`control`]: vmctl ↔ vmd messages; VM names and references.
+//! - [`monitor`]: vmd ↔ monitor messages.
+//! - [`size`]: sizes as users write them (`512M`, `1.5G`).
 //! - [`peer`]: [`peer_credentials`] (SO_PEERCRED), which vmd checks every
 //!   request against.
 
 pub mod channel;
+pub mod control;
 pub mod fds;
 pub mod frame;
 pub mod logger;
+pub mod monitor;
 pub mod peer;
+pub mod size;
 
 #[cfg(test)]
 mod tests;

@@ -3,8 +3,11 @@
 //!
 //! Records go through the `log` facade. The level is `log`'s global maximum,
 //! an atomic: SIGUSR1 raises it one step, SIGUSR2 lowers it one step, and
-//! [`set_level`] sets it (the control channel will call that later). A
-//! signal handler only touches that atomic, which is async-signal-safe.
+//! [`set_level`] sets it (vmd and the monitor call it on a control
+//! message). A SIGUSR1 queued with a value ([`send_level`]: sigqueue(3),
+//! the value 1 + the level's index) sets that level outright: this is how a
+//! monitor passes `vmctl log` on to its device processes. A signal handler
+//! only touches that atomic, which is async-signal-safe.
 
 use std::io::Write;
 use std::sync::OnceLock;
@@ -94,8 +97,40 @@ fn step_level(up: bool) {
     log::set_max_level(LEVELS[next]);
 }
 
-extern "C" fn on_level_signal(signal: libc::c_int) {
-    step_level(signal == libc::SIGUSR1);
+/// Sets the log level of process `pid` to `level` by a queued SIGUSR1
+/// carrying the level (the process must use this logger).
+pub fn send_level(pid: u32, level: LevelFilter) -> std::io::Result<()> {
+    let index = LEVELS.iter().position(|l| *l == level).unwrap_or(2);
+    let value = libc::sigval {
+        sival_ptr: (index + 1) as *mut libc::c_void,
+    };
+    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: sigqueue takes plain values; the pointer member only carries
+    // an integer and is never dereferenced.
+    if unsafe { libc::sigqueue(pid, libc::SIGUSR1, value) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What a level signal asks for: `Some(index)` for an absolute level
+/// (queued with a value in range), `None` for one step.
+fn queued_level(code: libc::c_int, value: usize) -> Option<usize> {
+    (code == libc::SI_QUEUE && (1..=LEVELS.len()).contains(&value)).then(|| value - 1)
+}
+
+extern "C" fn on_level_signal(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler;
+    // reading its code and value fields does not allocate or lock.
+    let (code, value) = unsafe { ((*info).si_code, (*info).si_value().sival_ptr as usize) };
+    match queued_level(code, value) {
+        Some(index) if signal == libc::SIGUSR1 => log::set_max_level(LEVELS[index]),
+        _ => step_level(signal == libc::SIGUSR1),
+    }
 }
 
 fn install_signal_handlers() {
@@ -103,8 +138,10 @@ fn install_signal_handlers() {
         // SAFETY: an all-zero sigaction is a valid starting point; the fields
         // that matter are set below.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = on_level_signal as extern "C" fn(libc::c_int) as usize;
-        action.sa_flags = libc::SA_RESTART;
+        action.sa_sigaction = on_level_signal
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as usize;
+        action.sa_flags = libc::SA_RESTART | libc::SA_SIGINFO;
         // SAFETY: installs a handler that only stores to an atomic (through
         // log::set_max_level), which is async-signal-safe; `action` is valid.
         let ret = unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
@@ -124,6 +161,15 @@ mod tests {
         assert_eq!(level_for_verbosity(1), LevelFilter::Info);
         assert_eq!(level_for_verbosity(2), LevelFilter::Debug);
         assert_eq!(level_for_verbosity(9), LevelFilter::Trace);
+    }
+
+    #[test]
+    fn queued_values_name_absolute_levels() {
+        assert_eq!(queued_level(libc::SI_QUEUE, 5), Some(4));
+        assert_eq!(LEVELS[4], LevelFilter::Debug);
+        assert_eq!(queued_level(libc::SI_QUEUE, 0), None);
+        assert_eq!(queued_level(libc::SI_QUEUE, 7), None);
+        assert_eq!(queued_level(libc::SI_USER, 5), None);
     }
 
     #[test]
