@@ -48,6 +48,9 @@ pub fn validate_paths(config: &Config) -> Result<(), ConfigErrors> {
         if let Some(boot) = &vm.boot {
             check(&vm.file, vm.line, "boot image", boot);
         }
+        if let Some(initrd) = &vm.initrd {
+            check(&vm.file, vm.line, "initrd", initrd);
+        }
         if let Some(cdrom) = &vm.cdrom {
             check(&vm.file, vm.line, "cdrom", cdrom);
         }

@@ -27,6 +27,8 @@ impl VmBody {
             cpus: self.cpus,
             boot: self.boot,
             boot_device: self.boot_device,
+            cmdline: self.cmdline,
+            initrd: self.initrd,
             cdrom: self.cdrom,
             disks: self.disks,
             interfaces: self.interfaces,
@@ -110,6 +112,8 @@ impl Parser {
         conf.cpus = conf.cpus.or(parent.cpus);
         conf.boot = conf.boot.or_else(|| parent.boot.clone());
         conf.boot_device = conf.boot_device.or(parent.boot_device);
+        conf.cmdline = conf.cmdline.or_else(|| parent.cmdline.clone());
+        conf.initrd = conf.initrd.or_else(|| parent.initrd.clone());
         conf.cdrom = conf.cdrom.or_else(|| parent.cdrom.clone());
         conf.owner = conf.owner.or_else(|| parent.owner.clone());
         if !own_interfaces {

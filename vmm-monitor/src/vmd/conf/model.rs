@@ -208,6 +208,11 @@ pub struct VmConf {
     pub boot: Option<PathBuf>,
     /// `boot device`.
     pub boot_device: Option<BootDevice>,
+    /// `cmdline "text"` (ours): the kernel command line for a direct
+    /// kernel boot (vmd boots OpenBSD through its boot loader and has none).
+    pub cmdline: Option<String>,
+    /// `initrd "path"` (ours): the initial ramdisk for a direct kernel boot.
+    pub initrd: Option<PathBuf>,
     /// ISO image attached as CD-ROM.
     pub cdrom: Option<PathBuf>,
     /// Disks, in order.

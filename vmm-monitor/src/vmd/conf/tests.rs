@@ -610,3 +610,20 @@ fn garbage_input_terminates_without_panic() {
         let _ = parse_str("vm.conf", &text, &[("m".into(), "x".into())]);
     }
 }
+
+#[test]
+fn cmdline_and_initrd_are_ours_and_inherited_under_boot() {
+    let c = parse(
+        "vm t { boot \"/k\"; cmdline \"console=ttyS0 test=hello\"; initrd \"/i\"; allow instance { boot } }\n\
+         vm t instance u { cmdline \"test=smp\" }\n",
+    );
+    assert_eq!(c.vms[0].cmdline.as_deref(), Some("console=ttyS0 test=hello"));
+    assert_eq!(c.vms[0].initrd, Some("/i".into()));
+    assert_eq!(c.vms[1].cmdline.as_deref(), Some("test=smp"));
+    assert_eq!(c.vms[1].initrd, Some("/i".into()));
+    let e = one_error("vm t { boot \"/k\" }\nvm t instance u { cmdline \"x\" }\n");
+    assert!(e.starts_with("vm.conf:2:"), "{e}");
+    assert!(e.contains("boot"), "{e}");
+    let e = one_error("vm t { cmdline \"a\"; cmdline \"b\" }\n");
+    assert!(e.contains("cmdline"), "{e}");
+}

@@ -29,6 +29,10 @@ pub(super) struct VmBody {
     pub boot: Option<PathBuf>,
     /// `boot device`.
     pub boot_device: Option<BootDevice>,
+    /// `cmdline "text"` (ours): the kernel command line of a direct boot.
+    pub cmdline: Option<String>,
+    /// `initrd "path"` (ours): the initial ramdisk of a direct boot.
+    pub initrd: Option<PathBuf>,
     /// `cdrom`.
     pub cdrom: Option<PathBuf>,
     /// `disk`s.
@@ -131,6 +135,16 @@ impl Parser {
             "boot" => {
                 let (path, _) = self.string("a boot image path")?;
                 once(self, &mut body.boot, PathBuf::from(path), pos, "boot")?;
+                "boot"
+            }
+            "cmdline" => {
+                let (text, _) = self.string("a kernel command line")?;
+                once(self, &mut body.cmdline, text, pos, "cmdline")?;
+                "boot"
+            }
+            "initrd" => {
+                let (path, _) = self.string("an initrd path")?;
+                once(self, &mut body.initrd, PathBuf::from(path), pos, "initrd")?;
                 "boot"
             }
             "cdrom" => {
