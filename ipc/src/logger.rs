@@ -15,9 +15,14 @@ use std::time::Instant;
 
 use log::{LevelFilter, Log, Metadata, Record};
 
+/// Environment variable that sends the log to syslog instead of stderr;
+/// a detached vmd sets it, and the monitors and devices it starts inherit it.
+pub const SYSLOG_ENV: &str = "VMD_LOG_SYSLOG";
+
 struct StderrLogger {
     program: &'static str,
     start: Instant,
+    syslog: Option<std::os::unix::net::UnixDatagram>,
 }
 
 static LOGGER: OnceLock<StderrLogger> = OnceLock::new();
@@ -38,6 +43,26 @@ impl Log for StderrLogger {
 
     fn log(&self, record: &Record<'_>) {
         if !self.enabled(record.metadata()) {
+            return;
+        }
+        if let Some(socket) = &self.syslog {
+            // daemon facility (3 << 3) with the record's severity.
+            let severity = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            let line = format!(
+                "<{}>{}[{}]: {}: {}",
+                (3 << 3) | severity,
+                self.program,
+                std::process::id(),
+                record.target(),
+                record.args()
+            );
+            // Nowhere else to report a lost log line.
+            let _ = socket.send(line.as_bytes());
             return;
         }
         let elapsed = self.start.elapsed();
@@ -66,6 +91,11 @@ pub fn init(program: &'static str, level: LevelFilter) {
     let logger = LOGGER.get_or_init(|| StderrLogger {
         program,
         start: Instant::now(),
+        syslog: std::env::var_os(SYSLOG_ENV).and_then(|_| {
+            let socket = std::os::unix::net::UnixDatagram::unbound().ok()?;
+            socket.connect("/dev/log").ok()?;
+            Some(socket)
+        }),
     });
     if log::set_logger(logger).is_ok() {
         install_signal_handlers();

@@ -8,6 +8,7 @@
 
 use std::io;
 
+pub mod create;
 pub mod open;
 pub mod qcow2;
 pub mod raw;

@@ -1,0 +1,325 @@
+//! vmd's side of one monitor: starting it, and the connection to it.
+//!
+//! [`spawn_monitor`] starts `vmm-monitor --control-fd 3` in its own session
+//! (so that neither a signal to vmd's process group nor vmd's death
+//! reaches it), sends the launch messages of ipc::monitor with their fds,
+//! and waits for `Started`. [`MonitorLink`] then carries requests (one at a
+//! time, each awaiting its answer) while a reader thread hands the
+//! monitor's events (`Rebooted`, `Exited`, or the connection's end) to a
+//! callback. A re-adopted monitor (see `adopt`) gets the same link, without
+//! a child to reap.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use ipc::monitor::{DiskAttach, FromMonitor, Launch, LogLevel, ToMonitor, VmRecord};
+use ipc::Channel;
+
+use super::resources::{Console, OpenDisk};
+
+/// How long a monitor may take to build its VM.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a monitor may take to answer a request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Something a monitor reported without being asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MonitorEvent {
+    /// The guest reset and runs again.
+    Rebooted,
+    /// The VM ended (the monitor said how, or the connection ended and the
+    /// text says what is known).
+    Exited(String),
+}
+
+/// Why a monitor could not be started or asked something.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The monitor binary could not be started.
+    #[error("cannot start the monitor")]
+    Spawn(#[source] std::io::Error),
+    /// The conversation broke.
+    #[error("monitor connection")]
+    Ipc(#[from] ipc::IpcError),
+    /// The monitor refused or failed.
+    #[error("{0}")]
+    Failed(String),
+    /// No answer in time.
+    #[error("the monitor did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The monitor went away.
+    #[error("the monitor is gone")]
+    Gone,
+    /// It answered something out of turn.
+    #[error("the monitor answered out of turn: {0}")]
+    Protocol(String),
+}
+
+/// The files of a VM, opened by vmd, for [`spawn_monitor`].
+pub struct LaunchFiles {
+    /// /dev/kvm.
+    pub kvm: std::fs::File,
+    /// The kernel.
+    pub kernel: std::fs::File,
+    /// The initrd.
+    pub initrd: Option<std::fs::File>,
+    /// The console.
+    pub console: Option<Console>,
+    /// The socket later vmds reach the monitor at.
+    pub listener: std::os::unix::net::UnixListener,
+    /// The disks.
+    pub disks: Vec<OpenDisk>,
+}
+
+/// A monitor's connection.
+pub struct MonitorLink {
+    writer: Mutex<Channel>,
+    replies: Mutex<Receiver<FromMonitor>>,
+    pid: u32,
+}
+
+impl MonitorLink {
+    /// The monitor's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `request` and waits for its answer.
+    pub fn request(&self, request: &ToMonitor) -> Result<(), LinkError> {
+        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop answers left over from a request that timed out.
+        while replies.try_recv().is_ok() {}
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(request, &[])?;
+        match replies.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(FromMonitor::Done) => Ok(()),
+            Ok(FromMonitor::Failed(why)) => Err(LinkError::Failed(why)),
+            Ok(other) => Err(LinkError::Protocol(format!("{other:?}"))),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                Err(LinkError::Timeout(REQUEST_TIMEOUT))
+            }
+            Err(_) => Err(LinkError::Gone),
+        }
+    }
+
+    /// Shuts the connection (the reader thread then reports the end).
+    pub fn shutdown(&self) {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writer.stream().shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Starts the monitor `program` for `record` with `files`; returns once
+/// the VM runs. `on_event` receives the monitor's events from a reader
+/// thread, the last one always [`MonitorEvent::Exited`].
+pub fn spawn_monitor(
+    program: &Path,
+    launch: Launch,
+    files: LaunchFiles,
+    on_event: Box<dyn Fn(MonitorEvent) + Send>,
+) -> Result<Arc<MonitorLink>, LinkError> {
+    let (mut ours, theirs) = Channel::pair().map_err(LinkError::Spawn)?;
+    let theirs = theirs.into_inner();
+    let source = theirs.as_raw_fd();
+    let mut command = Command::new(program);
+    command
+        .args(["--control-fd", &ipc::monitor::CONTROL_FD.to_string()])
+        .stdin(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (sigemptyset, sigprocmask, setsid,
+    // dup2) on a local sigset and an fd the parent
+    // keeps open until spawn returns.
+    unsafe {
+        command.pre_exec(move || {
+            // vmd blocks the signals its signal thread takes; the monitor
+            // starts with none blocked.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(source, ipc::monitor::CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(LinkError::Spawn)?;
+    drop(theirs);
+    ours.set_read_timeout(Some(START_TIMEOUT))
+        .map_err(LinkError::Spawn)?;
+    match send_launch(&mut ours, &launch, &files) {
+        Ok(()) => {}
+        Err(e) => return Err(abandon(&mut child, e)),
+    }
+    drop(files);
+    let pid = match ours.recv::<FromMonitor>() {
+        Ok((FromMonitor::Started { pid }, _)) => pid,
+        Ok((FromMonitor::Failed(why), _)) => return Err(abandon(&mut child, LinkError::Failed(why))),
+        Ok((other, _)) => {
+            return Err(abandon(
+                &mut child,
+                LinkError::Protocol(format!("{other:?}")),
+            ))
+        }
+        Err(ipc::IpcError::Closed) => {
+            let how = exit_text(&mut child);
+            return Err(LinkError::Failed(how));
+        }
+        Err(e) => return Err(abandon(&mut child, e.into())),
+    };
+    ours.set_read_timeout(None).map_err(LinkError::Spawn)?;
+    start_link(ours, pid, Some(child), on_event)
+}
+
+/// The link to an already running monitor reached through `channel`.
+pub fn adopt_link(
+    channel: Channel,
+    pid: u32,
+    on_event: Box<dyn Fn(MonitorEvent) + Send>,
+) -> Result<Arc<MonitorLink>, LinkError> {
+    start_link(channel, pid, None, on_event)
+}
+
+/// Asks the monitor at `channel` who it is ([`ToMonitor::Hello`]).
+pub fn hello(channel: &mut Channel) -> Result<(VmRecord, u32, bool), LinkError> {
+    channel
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(LinkError::Spawn)?;
+    channel.send(&ToMonitor::Hello, &[])?;
+    let answer = channel.recv::<FromMonitor>()?.0;
+    channel.set_read_timeout(None).map_err(LinkError::Spawn)?;
+    match answer {
+        FromMonitor::Identity {
+            record,
+            pid,
+            paused,
+        } => Ok((record, pid, paused)),
+        other => Err(LinkError::Protocol(format!("{other:?}"))),
+    }
+}
+
+fn start_link(
+    channel: Channel,
+    pid: u32,
+    child: Option<Child>,
+    on_event: Box<dyn Fn(MonitorEvent) + Send>,
+) -> Result<Arc<MonitorLink>, LinkError> {
+    let reader = Channel::new(channel.stream().try_clone().map_err(LinkError::Spawn)?);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let link = Arc::new(MonitorLink {
+        writer: Mutex::new(channel),
+        replies: Mutex::new(rx),
+        pid,
+    });
+    std::thread::Builder::new()
+        .name(format!("monitor-{pid}"))
+        .spawn(move || read_events(reader, tx, child, on_event))
+        .map_err(LinkError::Spawn)?;
+    Ok(link)
+}
+
+fn read_events(
+    mut reader: Channel,
+    replies: Sender<FromMonitor>,
+    mut child: Option<Child>,
+    on_event: Box<dyn Fn(MonitorEvent) + Send>,
+) {
+    let mut exited = None;
+    loop {
+        match reader.recv::<FromMonitor>() {
+            Ok((FromMonitor::Rebooted, _)) => on_event(MonitorEvent::Rebooted),
+            Ok((FromMonitor::Exited { reason, .. }, _)) => exited = Some(reason),
+            Ok((reply, _)) => {
+                let _ = replies.send(reply);
+            }
+            Err(ipc::IpcError::Closed) => break,
+            Err(e) => {
+                log::warn!("monitor {}: {}", reader_pid(&child), ipc::error_chain(&e));
+                break;
+            }
+        }
+    }
+    let _ = reader.stream().shutdown(std::net::Shutdown::Both);
+    let how = match (exited, child.as_mut()) {
+        (Some(reason), Some(child)) => {
+            let _ = child.wait();
+            reason
+        }
+        (Some(reason), None) => reason,
+        (None, Some(child)) => exit_text(child),
+        (None, None) => "the monitor's connection closed".into(),
+    };
+    on_event(MonitorEvent::Exited(how));
+}
+
+fn reader_pid(child: &Option<Child>) -> String {
+    child
+        .as_ref()
+        .map(|c| c.id().to_string())
+        .unwrap_or_else(|| "(adopted)".into())
+}
+
+/// Waits for `child` and says how it ended.
+fn exit_text(child: &mut Child) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match child.wait() {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("the monitor exited with status {code}"),
+            (_, Some(signal)) => format!("the monitor was killed by signal {signal}"),
+            _ => "the monitor ended".into(),
+        },
+        Err(e) => format!("the monitor could not be waited for: {e}"),
+    }
+}
+
+fn abandon(child: &mut Child, error: LinkError) -> LinkError {
+    let _ = child.kill();
+    let _ = child.wait();
+    error
+}
+
+fn send_launch(channel: &mut Channel, launch: &Launch, files: &LaunchFiles) -> Result<(), LinkError> {
+    let mut fds: Vec<BorrowedFd<'_>> = vec![files.kvm.as_fd(), files.kernel.as_fd()];
+    if let Some(initrd) = &files.initrd {
+        fds.push(initrd.as_fd());
+    }
+    if let Some(console) = &files.console {
+        fds.push(console.master.as_fd());
+        fds.push(console.slave.as_fd());
+    }
+    fds.push(files.listener.as_fd());
+    channel.send(&ToMonitor::Launch(launch.clone()), &fds)?;
+    for disk in &files.disks {
+        let attach = DiskAttach {
+            path: disk.path.clone(),
+            format: disk.format,
+            readonly: disk.readonly,
+            backing: disk.backing.len() as u8,
+        };
+        let mut fds = vec![disk.image.as_fd()];
+        fds.extend(disk.backing.iter().map(|f| f.as_fd()));
+        channel.send(&ToMonitor::Disk(attach), &fds)?;
+    }
+    channel.send(&ToMonitor::Run, &[])?;
+    Ok(())
+}
+
+/// A log level request for every monitor.
+pub fn log_request(level: LogLevel) -> ToMonitor {
+    ToMonitor::SetLogLevel(level)
+}
+
+/// Connects to a monitor's socket.
+pub fn connect(path: &Path) -> std::io::Result<Channel> {
+    UnixStream::connect(path).map(Channel::new)
+}
