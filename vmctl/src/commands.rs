@@ -8,8 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use ipc::control::{
-    DiskArg, DiskFormat, ErrorKind, LogVerbosity, Request, ResetTarget, Response, StartRequest,
-    VmRef, VmState,
+    DiskArg, DiskFormat, LogVerbosity, Request, ResetTarget, Response, StartRequest, VmRef, VmState,
 };
 
 use crate::client::Session;
@@ -111,7 +110,8 @@ fn parse(command: &str, args: &[String], spec: &str) -> Result<Parsed, Failure> 
 }
 
 fn vm_ref(text: &str) -> Result<VmRef, Failure> {
-    text.parse().map_err(|e: ipc::control::NameError| Failure(e.to_string()))
+    text.parse()
+        .map_err(|e: ipc::control::NameError| Failure(e.to_string()))
 }
 
 fn one_vm(command: &str, parsed: &Parsed) -> Result<VmRef, Failure> {
@@ -125,17 +125,9 @@ fn one_vm(command: &str, parsed: &Parsed) -> Result<VmRef, Failure> {
 /// response into a failure that starts with `context`.
 fn ask(request: &Request, context: &str) -> Result<(Session, Response), Failure> {
     let mut session = Session::send(request).map_err(|e| Failure(ipc::error_chain(&e)))?;
-    let response = session
-        .recv()
-        .map_err(|e| Failure(ipc::error_chain(&e)))?;
+    let response = session.recv().map_err(|e| Failure(ipc::error_chain(&e)))?;
     match response {
-        Response::Error { kind, message } => Err(Failure(format!(
-            "{context}: {message}{}",
-            match kind {
-                ErrorKind::PermissionDenied | ErrorKind::NotFound => "",
-                _ => "",
-            }
-        ))),
+        Response::Error { message, .. } => Err(Failure(format!("{context}: {message}"))),
         other => Ok((session, other)),
     }
 }
@@ -185,7 +177,10 @@ fn start(args: &[String]) -> Outcome {
         ('i', "-i (network interfaces) arrives with dev-net"),
         ('n', "-n (switch) arrives with dev-net"),
         ('r', "-r (cdrom) is not built yet"),
-        ('B', "-B (boot device) needs BIOS boot, which is not built yet"),
+        (
+            'B',
+            "-B (boot device) needs BIOS boot, which is not built yet",
+        ),
     ] {
         if p.flag(letter) {
             return Err(Failure(format!("start: not yet: {what}")));
@@ -226,7 +221,9 @@ fn stop(args: &[String]) -> Outcome {
         (false, [one]) => Some(vm_ref(one)?),
         _ => return Err(usage_of("stop")),
     };
-    let label = vm.as_ref().map_or("all vms".to_string(), |v| format!("vm {v}"));
+    let label = vm
+        .as_ref()
+        .map_or("all vms".to_string(), |v| format!("vm {v}"));
     let request = Request::Stop {
         vm,
         force: p.flag('f'),
@@ -240,7 +237,9 @@ fn stop(args: &[String]) -> Outcome {
                 return Ok(());
             }
             Response::Stopped { name, how, .. } => {
-                say(&format!("stopping vm {name}: vm has been terminated ({how})"));
+                say(&format!(
+                    "stopping vm {name}: vm has been terminated ({how})"
+                ));
                 if request_single(&request) {
                     return Ok(());
                 }
@@ -250,9 +249,7 @@ fn stop(args: &[String]) -> Outcome {
             }
             other => return Err(unexpected(&other)),
         }
-        response = session
-            .recv()
-            .map_err(|e| Failure(ipc::error_chain(&e)))?;
+        response = session.recv().map_err(|e| Failure(ipc::error_chain(&e)))?;
     }
 }
 
@@ -299,7 +296,9 @@ fn wait(args: &[String]) -> Outcome {
     let (_, response) = ask(&Request::Wait(vm.clone()), &format!("waiting for vm {vm}"))?;
     match response {
         Response::Stopped { name, how, .. } => {
-            say(&format!("waiting for vm {name}: vm has been terminated ({how})"));
+            say(&format!(
+                "waiting for vm {name}: vm has been terminated ({how})"
+            ));
             Ok(())
         }
         other => Err(unexpected(&other)),
@@ -393,9 +392,18 @@ mod tests {
         assert_eq!(lookup("unp"), Ok("unpause"));
         assert_eq!(lookup("sto"), Ok("stop"));
         assert_eq!(lookup("log"), Ok("log"));
-        assert_eq!(lookup("lo"), Err(Failure("ambiguous command: lo (could be load, log)".into())));
-        assert!(lookup("st").unwrap_err().0.starts_with("ambiguous command: st"));
-        assert!(lookup("frob").unwrap_err().0.starts_with("unknown command: frob"));
+        assert_eq!(
+            lookup("lo"),
+            Err(Failure("ambiguous command: lo (could be load, log)".into()))
+        );
+        assert!(lookup("st")
+            .unwrap_err()
+            .0
+            .starts_with("ambiguous command: st"));
+        assert!(lookup("frob")
+            .unwrap_err()
+            .0
+            .starts_with("unknown command: frob"));
         assert!(lookup("").is_err());
     }
 
@@ -421,7 +429,11 @@ mod tests {
     #[test]
     fn not_yet_options_are_refused_by_name() {
         let err = start(&["-L".into(), "web".into()]).unwrap_err();
-        assert!(err.0.contains("not yet") && err.0.contains("-L"), "{}", err.0);
+        assert!(
+            err.0.contains("not yet") && err.0.contains("-L"),
+            "{}",
+            err.0
+        );
         let err = start(&["-c".into(), "web".into()]).unwrap_err();
         assert!(err.0.contains("-c"), "{}", err.0);
     }
@@ -431,8 +443,14 @@ mod tests {
         let err = start(&[".web".into()]).unwrap_err();
         assert!(err.0.contains("must not start with"), "{}", err.0);
         assert!(stop(&[]).unwrap_err().0.starts_with("usage:"));
-        assert!(stop(&["-a".into(), "web".into()]).unwrap_err().0.starts_with("usage:"));
-        assert!(reset(&["everything".into()]).unwrap_err().0.starts_with("usage:"));
+        assert!(stop(&["-a".into(), "web".into()])
+            .unwrap_err()
+            .0
+            .starts_with("usage:"));
+        assert!(reset(&["everything".into()])
+            .unwrap_err()
+            .0
+            .starts_with("usage:"));
         assert!(log(&["loud".into()]).unwrap_err().0.starts_with("usage:"));
     }
 }

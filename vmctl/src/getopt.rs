@@ -105,7 +105,11 @@ mod tests {
 
     #[test]
     fn flags_combine_and_values_attach_or_follow() {
-        let p = getopt(&args(&["-fw", "-m1G", "-d", "a.img", "-d", "b.img", "web"]), "fwm:d:").unwrap();
+        let p = getopt(
+            &args(&["-fw", "-m1G", "-d", "a.img", "-d", "b.img", "web"]),
+            "fwm:d:",
+        )
+        .unwrap();
         assert!(p.flag('f') && p.flag('w'));
         assert_eq!(p.value('m'), Some("1G".into()));
         assert_eq!(p.values('d'), vec!["a.img", "b.img"]);
@@ -123,7 +127,10 @@ mod tests {
 
     #[test]
     fn unknown_options_and_missing_values_are_errors() {
-        assert_eq!(getopt(&args(&["-x"]), "f"), Err("unknown option -- x".into()));
+        assert_eq!(
+            getopt(&args(&["-x"]), "f"),
+            Err("unknown option -- x".into())
+        );
         assert_eq!(
             getopt(&args(&["-m"]), "m:"),
             Err("option requires an argument -- m".into())

@@ -135,7 +135,10 @@ mod tests {
             ["1", "4242", "2", "512M", "1.5M", "pts/7", "root", "running", "vm1"]
         );
         let stopped: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(stopped, ["2", "-", "2", "512M", "-", "-", "root", "stopped", "vm2"]);
+        assert_eq!(
+            stopped,
+            ["2", "-", "2", "512M", "-", "-", "root", "stopped", "vm2"]
+        );
     }
 
     #[test]
