@@ -10,6 +10,8 @@
 //! print a loud `SKIPPED` line straight to the terminal (past the test
 //! harness's output capture) and return.
 
+pub mod vmd;
+
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
