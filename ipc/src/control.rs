@@ -321,9 +321,18 @@ mod tests {
         assert!(matches!(check_vm_name(".x"), Err(NameError::BadStart(_))));
         assert!(matches!(check_vm_name("-x"), Err(NameError::BadStart(_))));
         assert!(matches!(check_vm_name("_x"), Err(NameError::BadStart(_))));
-        assert!(matches!(check_vm_name("a b"), Err(NameError::BadCharacter(_))));
-        assert!(matches!(check_vm_name("a/b"), Err(NameError::BadCharacter(_))));
-        assert!(matches!(check_vm_name("é"), Err(NameError::BadCharacter(_))));
+        assert!(matches!(
+            check_vm_name("a b"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            check_vm_name("a/b"),
+            Err(NameError::BadCharacter(_))
+        ));
+        assert!(matches!(
+            check_vm_name("é"),
+            Err(NameError::BadCharacter(_))
+        ));
         assert!(matches!(check_vm_name("123"), Err(NameError::Numeric(_))));
         assert!(matches!(
             check_vm_name(&"x".repeat(64)),

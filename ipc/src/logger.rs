@@ -6,8 +6,10 @@
 //! [`set_level`] sets it (vmd and the monitor call it on a control
 //! message). A SIGUSR1 queued with a value ([`send_level`]: sigqueue(3),
 //! the value 1 + the level's index) sets that level outright: this is how a
-//! monitor passes `vmctl log` on to its device processes. A signal handler
-//! only touches that atomic, which is async-signal-safe.
+//! monitor passes `vmctl log` on to its device processes. The signals are
+//! taken by a thread of their own, which logs each change ("log level set
+//! to DEBUG"); a thread started before [`init`] may still catch one in a
+//! handler that only touches that atomic, which is async-signal-safe.
 
 use std::io::Write;
 use std::sync::OnceLock;
@@ -99,6 +101,7 @@ pub fn init(program: &'static str, level: LevelFilter) {
     });
     if log::set_logger(logger).is_ok() {
         install_signal_handlers();
+        start_signal_thread();
     }
     set_level(level);
 }
@@ -134,7 +137,8 @@ pub fn send_level(pid: u32, level: LevelFilter) -> std::io::Result<()> {
     let value = libc::sigval {
         sival_ptr: (index + 1) as *mut libc::c_void,
     };
-    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: sigqueue takes plain values; the pointer member only carries
     // an integer and is never dereferenced.
     if unsafe { libc::sigqueue(pid, libc::SIGUSR1, value) } != 0 {
@@ -160,6 +164,49 @@ extern "C" fn on_level_signal(
     match queued_level(code, value) {
         Some(index) if signal == libc::SIGUSR1 => log::set_max_level(LEVELS[index]),
         _ => step_level(signal == libc::SIGUSR1),
+    }
+}
+
+/// Takes SIGUSR1/SIGUSR2 on a thread of their own (sigwaitinfo), so that a
+/// level change can be logged — which a signal handler may not do. The
+/// signals are blocked in the calling thread and so in every thread it
+/// starts later; call [`init`] before starting threads. A thread that
+/// existed before still gets them through the handler (no log line).
+fn start_signal_thread() {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset fill it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by this frame.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+    }
+    // SAFETY: changes this thread's mask with a valid set.
+    if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("log-level".into())
+        .spawn(move || loop {
+            // SAFETY: siginfo_t is plain data that sigwaitinfo fills.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `set` and `info` are valid for the call.
+            let signal = unsafe { libc::sigwaitinfo(&set, &mut info) };
+            if signal < 0 {
+                continue;
+            }
+            // SAFETY: sigwaitinfo filled `info` for `signal`.
+            let value = unsafe { info.si_value().sival_ptr as usize };
+            match queued_level(info.si_code, value) {
+                Some(index) if signal == libc::SIGUSR1 => log::set_max_level(LEVELS[index]),
+                _ => step_level(signal == libc::SIGUSR1),
+            }
+            log::info!("log level set to {}", log::max_level());
+        });
+    if spawned.is_err() {
+        // The handlers still change the level, silently.
+        // SAFETY: restores this thread's mask with a valid set.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
     }
 }
 

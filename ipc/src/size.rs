@@ -58,4 +58,3 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     }
     Ok(value)
 }
-

@@ -57,7 +57,11 @@ impl Ran {
     /// Panics unless it failed with exit 1 and `needle` in its message.
     #[track_caller]
     pub fn fails_with(&self, needle: &str) {
-        assert_eq!(self.code, 1, "expected failure, got: {}{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 1,
+            "expected failure, got: {}{}",
+            self.stdout, self.stderr
+        );
         assert!(
             self.stderr.contains(needle),
             "expected {needle:?} in: {}",
@@ -134,7 +138,11 @@ impl Vmd {
         self.child = Some(child);
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("vmd exited with {status} at start:\n{}", self.log());
             }
             assert!(
@@ -180,7 +188,10 @@ impl Vmd {
 
     /// Runs `vmctl args...` as root.
     pub fn vmctl(&self, args: &[&str]) -> Ran {
-        self.vmctl_command(args).output().map(Ran::from).expect("run vmctl")
+        self.vmctl_command(args)
+            .output()
+            .map(Ran::from)
+            .expect("run vmctl")
     }
 
     /// Runs `vmctl args...` as `uid`/`gid` (root only).
@@ -278,10 +289,17 @@ impl Vmd {
     }
 }
 
-/// Whether process `pid` exists.
+/// Whether process `pid` runs (a zombie does not: an orphaned monitor
+/// that ended waits for init to reap it, and some containers' init never
+/// does).
 pub fn alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
 }
 
 impl Drop for Vmd {

@@ -17,10 +17,16 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A vm block running the test guest's `ticker` (runs until stopped).
+/// A vm block running the test guest's `ticker` (runs until stopped),
+/// `disable`d unless `extra` says `enable`.
 fn ticker(name: &str, extra: &str) -> String {
+    let disable = if extra.contains("enable") {
+        ""
+    } else {
+        "  disable\n"
+    };
     format!(
-        "vm \"{name}\" {{\n  boot \"{TEST_GUEST}\"\n  cmdline \"test=ticker ms=500\"\n  memory 32M\n  disable\n{extra}}}\n"
+        "vm \"{name}\" {{\n  boot \"{TEST_GUEST}\"\n  cmdline \"test=ticker ms=500\"\n  memory 32M\n{disable}{extra}}}\n"
     )
 }
 
@@ -28,7 +34,9 @@ fn root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        loud(&format!("SKIPPED {test}: needs root (to act as another user)"));
+        loud(&format!(
+            "SKIPPED {test}: needs root (to act as another user)"
+        ));
     }
     root
 }
@@ -60,7 +68,10 @@ fn vmd_n_reports_configuration_ok_or_every_error_with_file_and_line() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for line in [":1:", ":2:", ":3:", ":4:"] {
-        assert!(err.contains(&format!("bad.conf{line}")), "{line} missing in:\n{err}");
+        assert!(
+            err.contains(&format!("bad.conf{line}")),
+            "{line} missing in:\n{err}"
+        );
     }
     // -D overrides a macro of the file.
     let macros = dir.path("macros.conf");
@@ -70,7 +81,11 @@ fn vmd_n_reports_configuration_ok_or_every_error_with_file_and_line() {
         .arg(&macros)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -89,7 +104,14 @@ fn vms_start_list_pause_unpause_stop_and_wait_concurrently() {
         .iter()
         .map(|r| (r.id, r.name.as_str(), r.state.as_str()))
         .collect();
-    assert_eq!(names, [(1, "a", "stopped"), (2, "b", "stopped"), (3, "c", "stopped")]);
+    assert_eq!(
+        names,
+        [
+            (1, "a", "stopped"),
+            (2, "b", "stopped"),
+            (3, "c", "stopped")
+        ]
+    );
 
     // Start all three at once.
     let starts: Vec<_> = ["a", "b", "c"]
@@ -100,7 +122,9 @@ fn vms_start_list_pause_unpause_stop_and_wait_concurrently() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{err}\n{}", vmd.log());
         assert!(
-            err.starts_with(&format!("vmctl: started vm {id} successfully, tty /dev/pts/")),
+            err.starts_with(&format!(
+                "vmctl: started vm {id} successfully, tty /dev/pts/"
+            )),
             "{err}"
         );
     }
@@ -143,7 +167,11 @@ fn vms_start_list_pause_unpause_stop_and_wait_concurrently() {
     // stop -a -w stops the rest and returns when they are gone.
     let out = vmd.vmctl(&["stop", "-a", "-w"]);
     out.ok();
-    assert!(out.stderr.contains("vm has been terminated"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("vm has been terminated"),
+        "{}",
+        out.stderr
+    );
     for row in vmd.status() {
         assert_eq!(row.state, "stopped", "{row:?}");
     }
@@ -166,20 +194,32 @@ fn vms_started_by_vmctl_alone_and_instances_of_templates() {
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
 
     // A VM vmctl alone describes: listed while it runs, gone once stopped.
-    vmd.vmctl(&["start", "-b", TEST_GUEST, "-m", "32M", "-d", disk.to_str().unwrap(), "adhoc"])
-        .ok();
+    vmd.vmctl(&[
+        "start",
+        "-b",
+        TEST_GUEST,
+        "-m",
+        "32M",
+        "-d",
+        disk.to_str().unwrap(),
+        "adhoc",
+    ])
+    .ok();
     assert_eq!(vmd.row("adhoc").state, "running");
     vmd.vmctl(&["stop", "-w", "adhoc"]).ok();
     assert!(vmd.status().iter().all(|r| r.name != "adhoc"));
 
     // An instance may set what the template allows, and nothing else.
-    vmd.vmctl(&["start", "-t", "tmpl", "-m", "48M", "inst"]).ok();
+    vmd.vmctl(&["start", "-t", "tmpl", "-m", "48M", "inst"])
+        .ok();
     let inst = vmd.row("inst");
     assert_eq!(inst.state, "running");
     vmd.vmctl(&["start", "-t", "tmpl", "-b", "/bin/true", "inst2"])
         .fails_with("does not allow instances to set boot");
-    vmd.vmctl(&["start", "-t", "tmpl", "inst"]).fails_with("already exists");
-    vmd.vmctl(&["start", "-m", "64M", "tmpl"]).fails_with("already defined");
+    vmd.vmctl(&["start", "-t", "tmpl", "inst"])
+        .fails_with("already exists");
+    vmd.vmctl(&["start", "-m", "64M", "tmpl"])
+        .fails_with("already defined");
     vmd.vmctl(&["stop", "-w", "inst"]).ok();
 }
 
@@ -247,7 +287,10 @@ fn vmd_killed_with_sigkill_and_started_again_readopts_running_vms() {
     std::thread::sleep(Duration::from_millis(500));
     vmd.restart();
     let after = vmd.status();
-    assert_eq!(after, before, "re-adopted VMs keep id, pid, tty, owner and state");
+    assert_eq!(
+        after, before,
+        "re-adopted VMs keep id, pid, tty, owner and state"
+    );
     // And they are fully controlled again.
     vmd.vmctl(&["unpause", "b"]).ok();
     vmd.vmctl(&["stop", "-w", "a"]).ok();
@@ -314,7 +357,8 @@ fn disks_are_locked_to_one_vm_and_missing_ones_named() {
     std::fs::remove_file(dir.path("later.img")).unwrap();
 
     vmd.vmctl(&["start", "one"]).ok();
-    vmd.vmctl(&["start", "two"]).fails_with("is in use by another VM");
+    vmd.vmctl(&["start", "two"])
+        .fails_with("is in use by another VM");
     assert_eq!(vmd.row("two").state, "stopped");
     vmd.vmctl(&["start", "gone"]).fails_with("later.img");
     assert_eq!(vmd.row("gone").state, "stopped");
@@ -334,24 +378,31 @@ fn bad_requests_get_one_clear_error_and_vmd_keeps_serving() {
     let vmd = Vmd::start(dir.path("").as_path(), &ticker("a", ""));
 
     vmd.vmctl(&["start", "99"]).fails_with("no vm with id 99");
-    vmd.vmctl(&["stop", "nosuch"]).fails_with("no vm named 'nosuch'");
-    vmd.vmctl(&["start", ".bad"]).fails_with("must not start with");
+    vmd.vmctl(&["stop", "nosuch"])
+        .fails_with("no vm named 'nosuch'");
+    vmd.vmctl(&["start", ".bad"])
+        .fails_with("must not start with");
     vmd.vmctl(&["start", "bad/name"]).fails_with("character");
     vmd.vmctl(&["st", "a"]).fails_with("ambiguous");
     vmd.vmctl(&["frob"]).fails_with("unknown command");
     vmd.vmctl(&["start", "-L", "a"]).fails_with("not yet");
     vmd.vmctl(&["start", "-b", "/nonexistent/kernel", "new"])
         .fails_with("cannot open kernel /nonexistent/kernel");
-    assert!(vmd.status().iter().all(|r| r.name != "new"), "nothing was left");
+    assert!(
+        vmd.status().iter().all(|r| r.name != "new"),
+        "nothing was left"
+    );
 
     // load: a duplicate name changes nothing; a good file adds its VMs.
     let dup = dir.path("dup.conf");
     std::fs::write(&dup, ticker("a", "") + &ticker("z", "")).unwrap();
-    vmd.vmctl(&["load", dup.to_str().unwrap()]).fails_with("already defined");
+    vmd.vmctl(&["load", dup.to_str().unwrap()])
+        .fails_with("already defined");
     assert!(vmd.status().iter().all(|r| r.name != "z"));
     let broken = dir.path("broken.conf");
     std::fs::write(&broken, "vm q { memory lots }\n").unwrap();
-    vmd.vmctl(&["load", broken.to_str().unwrap()]).fails_with("broken.conf:1:");
+    vmd.vmctl(&["load", broken.to_str().unwrap()])
+        .fails_with("broken.conf:1:");
     let more = dir.path("more.conf");
     std::fs::write(&more, ticker("z", "")).unwrap();
     vmd.vmctl(&["load", more.to_str().unwrap()]).ok();
@@ -405,21 +456,38 @@ fn log_verbose_reaches_every_process_of_every_vm() {
     let pid = vmd.row("a").pid;
     let mark = vmd.log().len();
     vmd.vmctl(&["log", "verbose"]).ok();
-    // Debug lines from the monitor and from dev-block appear after the switch.
-    vmd.wait_log(&format!("vmm-monitor[{pid}]"), 1, SLOW);
+    // vmd, the monitor and its dev-block each take the new level.
+    let changed = |tail: &str, program: &str| {
+        tail.lines()
+            .any(|l| l.starts_with(program) && l.contains("log level set to DEBUG"))
+    };
     let start = std::time::Instant::now();
     loop {
         let tail = vmd.log()[mark..].to_string();
-        let monitor = tail.contains(&format!("vmm-monitor[{pid}]")) && tail.contains("DEBUG");
-        let device = tail.lines().any(|l| l.starts_with("dev-block[") && l.contains("DEBUG"));
-        if monitor && device {
+        if changed(&tail, &format!("vmm-monitor[{pid}]")) && changed(&tail, "dev-block[") {
+            // vmd's own debug lines show too.
+            vmd.vmctl(&["status"]).ok();
+            assert!(vmd.log()[mark..]
+                .lines()
+                .any(|l| l.starts_with("vmd[") && l.contains("DEBUG")));
             break;
         }
-        assert!(start.elapsed() < SLOW, "no debug lines after log verbose:\n{tail}");
-        vmd.vmctl(&["pause", "a"]).ok();
-        vmd.vmctl(&["unpause", "a"]).ok();
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            start.elapsed() < SLOW,
+            "not every process took the level:\n{tail}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
+    // And back: brief hides debug lines again.
+    vmd.vmctl(&["log", "brief"]).ok();
+    vmd.wait_log("log level set to INFO", 2, SLOW);
+    let mark = vmd.log().len();
+    vmd.vmctl(&["status"]).ok();
+    assert!(
+        !vmd.log()[mark..].contains("DEBUG"),
+        "{}",
+        &vmd.log()[mark..]
+    );
 }
 
 #[test]
@@ -436,13 +504,32 @@ fn vmctl_create_makes_images_qemu_img_accepts() {
             .unwrap()
     };
     let ok = |out: std::process::Output, message: &str| {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8_lossy(&out.stderr), format!("vmctl: {message}\n"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("vmctl: {message}\n")
+        );
     };
-    ok(vmctl(&["create", "-s", "64M", "raw.img"]), "raw imagefile created");
-    ok(vmctl(&["create", "-s", "1.5G", "base.qcow2"]), "qcow2 imagefile created");
-    ok(vmctl(&["create", "-b", "base.qcow2", "overlay.qcow2"]), "qcow2 imagefile created");
-    ok(vmctl(&["cre", "-i", "overlay.qcow2", "copy.img"]), "raw imagefile created");
+    ok(
+        vmctl(&["create", "-s", "64M", "raw.img"]),
+        "raw imagefile created",
+    );
+    ok(
+        vmctl(&["create", "-s", "1.5G", "base.qcow2"]),
+        "qcow2 imagefile created",
+    );
+    ok(
+        vmctl(&["create", "-b", "base.qcow2", "overlay.qcow2"]),
+        "qcow2 imagefile created",
+    );
+    ok(
+        vmctl(&["cre", "-i", "overlay.qcow2", "copy.img"]),
+        "raw imagefile created",
+    );
     let exists = vmctl(&["create", "-s", "1M", "raw.img"]);
     assert_eq!(exists.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&exists.stderr).contains("raw.img"));
@@ -453,9 +540,18 @@ fn vmctl_create_makes_images_qemu_img_accepts() {
         let path = dir.path(image);
         vmd_tests::run_tool("qemu-img", &["check", path.to_str().unwrap()]);
     }
-    let info = vmd_tests::run_tool("qemu-img", &["info", dir.path("overlay.qcow2").to_str().unwrap()]);
+    let info = vmd_tests::run_tool(
+        "qemu-img",
+        &["info", dir.path("overlay.qcow2").to_str().unwrap()],
+    );
     assert!(info.contains("virtual size: 1.5 GiB"), "{info}");
     assert!(info.contains("backing file: base.qcow2"), "{info}");
-    assert_eq!(std::fs::metadata(dir.path("raw.img")).unwrap().len(), 64 << 20);
-    assert_eq!(std::fs::metadata(dir.path("copy.img")).unwrap().len(), 3 << 29);
+    assert_eq!(
+        std::fs::metadata(dir.path("raw.img")).unwrap().len(),
+        64 << 20
+    );
+    assert_eq!(
+        std::fs::metadata(dir.path("copy.img")).unwrap().len(),
+        3 << 29
+    );
 }

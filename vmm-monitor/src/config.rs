@@ -1,6 +1,9 @@
 //! The monitor's command line, validated into a [`VmConfig`].
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Parser;
 pub use ipc::size::{parse_size, SizeError};
@@ -22,8 +25,12 @@ pub const MAX_CPUS: usize = 64;
 )]
 pub struct Cli {
     /// Kernel to boot: a Linux bzImage, or an ELF with a PVH note.
-    #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "control_fd")]
+    pub kernel: Option<PathBuf>,
+    /// Control mode: take everything from vmd over the unix socket at fd
+    /// N (see `ipc::monitor`) instead of from this command line.
+    #[arg(long, value_name = "N", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "disk"])]
+    pub control_fd: Option<i32>,
     /// Initial ramdisk (bzImage: the initrd; PVH: module 0).
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
@@ -55,6 +62,36 @@ pub enum DiskFormat {
     Qcow2,
 }
 
+/// A disk image and its backing chain, opened by vmd and passed as fds.
+#[derive(Debug)]
+pub struct DiskFiles {
+    /// The image's path, for messages only.
+    pub path: PathBuf,
+    /// The format vmd found.
+    pub format: DiskFormat,
+    /// The guest sees a read-only disk.
+    pub readonly: bool,
+    /// The image (writable unless `readonly`).
+    pub image: File,
+    /// Its backing files, top-down, read-only.
+    pub backing: Vec<File>,
+}
+
+impl PartialEq for DiskFiles {
+    /// The same disk: same path, format and mode, and the same fds.
+    fn eq(&self, other: &Self) -> bool {
+        let fds = |d: &Self| {
+            std::iter::once(d.image.as_raw_fd())
+                .chain(d.backing.iter().map(|f| f.as_raw_fd()))
+                .collect::<Vec<_>>()
+        };
+        (&self.path, self.format, self.readonly) == (&other.path, other.format, other.readonly)
+            && fds(self) == fds(other)
+    }
+}
+
+impl Eq for DiskFiles {}
+
 /// Where a disk's requests are served.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DiskBackend {
@@ -73,6 +110,10 @@ pub enum DiskBackend {
         /// The backend's socket path.
         socket: PathBuf,
     },
+    /// An image (and backing chain) already open, served by a dev-block
+    /// process the monitor spawns with dups of the files; shared so that
+    /// a rebuilt VM (after a guest reboot) serves the same files.
+    Files(Arc<DiskFiles>),
 }
 
 impl std::str::FromStr for DiskBackend {
@@ -168,6 +209,22 @@ pub enum ConfigError {
     /// A vCPU count outside 1..=MAX_CPUS.
     #[error("--cpus: {0} is out of range (1 to {MAX_CPUS})")]
     Cpus(usize),
+    /// Neither --kernel nor --control-fd (clap normally catches this).
+    #[error("--kernel is required")]
+    NoKernel,
+}
+
+/// Why `memory` bytes are not usable guest RAM, if they are not.
+pub fn memory_problem(memory: u64) -> Option<&'static str> {
+    if memory < MIN_MEMORY {
+        Some("below the 4M minimum (a bare number counts bytes: did you mean a suffix like 512M?)")
+    } else if memory > MAX_MEMORY {
+        Some("above the 1T maximum")
+    } else if memory % 4096 != 0 {
+        Some("not a multiple of 4K")
+    } else {
+        None
+    }
 }
 
 impl TryFrom<Cli> for VmConfig {
@@ -178,16 +235,7 @@ impl TryFrom<Cli> for VmConfig {
             option: "memory",
             source,
         })?;
-        let why = if memory < MIN_MEMORY {
-            Some("below the 4M minimum (a bare number counts bytes: did you mean a suffix like 512M?)")
-        } else if memory > MAX_MEMORY {
-            Some("above the 1T maximum")
-        } else if memory % 4096 != 0 {
-            Some("not a multiple of 4K")
-        } else {
-            None
-        };
-        if let Some(why) = why {
+        if let Some(why) = memory_problem(memory) {
             return Err(ConfigError::Memory { value: memory, why });
         }
         if cli.cpus == 0 || cli.cpus > MAX_CPUS {
@@ -199,7 +247,7 @@ impl TryFrom<Cli> for VmConfig {
             .map(|d| d.parse())
             .collect::<Result<_, _>>()?;
         Ok(VmConfig {
-            kernel: cli.kernel,
+            kernel: cli.kernel.ok_or(ConfigError::NoKernel)?,
             initrd: cli.initrd,
             cmdline: cli.cmdline,
             memory,
@@ -328,6 +376,19 @@ mod tests {
             .contains("no image path"));
         assert!("vhost-user=".parse::<DiskBackend>().is_err());
         assert!("vhost-user=/s,readonly".parse::<DiskBackend>().is_err());
+    }
+
+    #[test]
+    fn control_fd_replaces_the_vm_options() {
+        let cli = Cli::try_parse_from(["vmm-monitor", "--control-fd", "3", "-vv"]).unwrap();
+        assert_eq!(
+            (cli.control_fd, cli.kernel, cli.verbose),
+            (Some(3), None, 2)
+        );
+        assert!(
+            Cli::try_parse_from(["vmm-monitor", "--control-fd", "3", "--kernel", "k"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["vmm-monitor"]).is_err());
     }
 
     #[test]

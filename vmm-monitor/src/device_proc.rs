@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::exit::{VmEvent, VmEvents};
 
@@ -123,6 +123,44 @@ impl DeviceProcess {
     /// The device's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A handle that sets the process's log level while it still runs.
+    pub fn level_handle(&self) -> LevelHandle {
+        LevelHandle {
+            name: self.name.clone(),
+            child: Arc::downgrade(&self.child),
+        }
+    }
+}
+
+/// Sets a device process's log level (`ipc::logger::send_level`) as long
+/// as the process has not been reaped, so a reused pid is never signalled.
+/// Holding one keeps nothing alive.
+#[derive(Clone, Debug)]
+pub struct LevelHandle {
+    name: String,
+    child: Weak<Mutex<Option<Child>>>,
+}
+
+impl LevelHandle {
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends `level`; `Ok(false)` if the process is gone already. The
+    /// process must have installed its logger (dev-block has, once it
+    /// answers vhost-user messages): before that SIGUSR1 would kill it.
+    pub fn set_level(&self, level: log::LevelFilter) -> std::io::Result<bool> {
+        let Some(child) = self.child.upgrade() else {
+            return Ok(false);
+        };
+        let guard = child.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(child) => ipc::logger::send_level(child.id(), level).map(|()| true),
+            None => Ok(false),
+        }
     }
 }
 

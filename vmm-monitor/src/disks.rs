@@ -7,13 +7,16 @@
 //! qcow2 reader), makes a socketpair, and starts dev-block with its end of
 //! the socket at fd 3, the image at fd 4 and the backing files from fd 5 up;
 //! dev-block opens nothing by path.
+//! For a disk vmd opened ([`DiskBackend::Files`], control mode) the monitor
+//! passes dups of the image and backing fds it was given the same way,
+//! opening nothing, and keeps its own for a rebuild after a guest reboot.
 //! For `vhost-user=SOCKET` the monitor connects to a backend that is
 //! already listening (qemu-storage-daemon, SPDK, a standalone dev-block).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use dev_block::disk::{open_image as open_disk, Format, RecordingOpener};
 
@@ -104,51 +107,94 @@ pub fn attach(
         } => {
             let image = open_image(index, path, *readonly)?;
             let backing = backing_chain(index, path, &image, *format)?;
-            let (ours, theirs) =
-                UnixStream::pair().map_err(|source| DiskError::Socket { index, source })?;
-            let program = sibling_binary("dev-block")?;
-            let mut args = vec![
-                "--socket-fd".to_string(),
-                "3".into(),
-                "--disk-fd".into(),
-                "4".into(),
-                "--queues".into(),
-                queues.to_string(),
-                "--serial".into(),
-                name.clone(),
-            ];
-            if let Some(format) = format {
-                args.push("--format".into());
-                args.push(match format {
-                    DiskFormat::Raw => "raw".into(),
-                    DiskFormat::Qcow2 => "qcow2".into(),
-                });
-            }
-            if *readonly {
-                args.push("--readonly".into());
-            }
-            let mut fds = vec![theirs.as_fd(), image.as_fd()];
-            for (i, file) in backing.iter().enumerate() {
-                args.push("--backing-fd".into());
-                args.push((5 + i).to_string());
-                fds.push(file.as_fd());
-            }
-            let process = DeviceProcess::spawn(&name, &program, &args, &fds, events.clone())?;
-            // The child has its copies; ours close here.
-            drop(fds);
-            drop((theirs, image, backing));
-            let device = VhostUserDevice::connect(&name, ours, VIRTIO_ID_BLOCK, queues)?;
-            log::info!(
-                "{name}: {} served by dev-block pid {}",
-                path.display(),
-                process.pid()
-            );
-            Ok(AttachedDisk {
-                device,
-                process: Some(process),
-            })
+            let served = Served {
+                index,
+                path,
+                image: &image,
+                backing: &backing,
+                format: *format,
+                readonly: *readonly,
+            };
+            // The child gets its copies; ours close when attach returns.
+            spawn_dev_block(&served, queues, events)
+        }
+        DiskBackend::Files(files) => {
+            let served = Served {
+                index,
+                path: &files.path,
+                image: &files.image,
+                backing: &files.backing,
+                format: Some(files.format),
+                readonly: files.readonly,
+            };
+            // The files stay open in `files` for a rebuilt VM.
+            spawn_dev_block(&served, queues, events)
         }
     }
+}
+
+/// An open image a dev-block process is to serve.
+struct Served<'a> {
+    index: usize,
+    path: &'a Path,
+    image: &'a File,
+    backing: &'a [File],
+    format: Option<DiskFormat>,
+    readonly: bool,
+}
+
+/// Starts dev-block on `disk` (its fds duplicated into the child) and
+/// connects to it.
+fn spawn_dev_block(
+    disk: &Served<'_>,
+    queues: u16,
+    events: &VmEvents,
+) -> Result<AttachedDisk, DiskError> {
+    let index = disk.index;
+    let name = format!("disk{index}");
+    let (ours, theirs) =
+        UnixStream::pair().map_err(|source| DiskError::Socket { index, source })?;
+    let program = sibling_binary("dev-block")?;
+    let mut args = vec![
+        "--socket-fd".to_string(),
+        "3".into(),
+        "--disk-fd".into(),
+        "4".into(),
+        "--queues".into(),
+        queues.to_string(),
+        "--serial".into(),
+        name.clone(),
+    ];
+    if let Some(format) = disk.format {
+        args.push("--format".into());
+        args.push(match format {
+            DiskFormat::Raw => "raw".into(),
+            DiskFormat::Qcow2 => "qcow2".into(),
+        });
+    }
+    if disk.readonly {
+        args.push("--readonly".into());
+    }
+    let mut fds = vec![theirs.as_fd(), disk.image.as_fd()];
+    for (i, file) in disk.backing.iter().enumerate() {
+        args.push("--backing-fd".into());
+        args.push((5 + i).to_string());
+        fds.push(file.as_fd());
+    }
+    let process = DeviceProcess::spawn(&name, &program, &args, &fds, events.clone())?;
+    // The child has its copy of the socket; ours closes here.
+    drop(fds);
+    drop(theirs);
+    let device = VhostUserDevice::connect(&name, ours, VIRTIO_ID_BLOCK, queues)?;
+    log::info!(
+        "{name}: {} served by dev-block pid {}",
+        disk.path.display(),
+        process.pid()
+    );
+    Ok(AttachedDisk {
+        device,
+        process: Some(process),
+    })
 }
 
 /// The backing chain of `image` (empty for raw images), opened read-only,

@@ -23,6 +23,11 @@ pub const EXIT_GUEST_CRASH: i32 = 4;
 /// died.
 pub const EXIT_DEVICE_DIED: i32 = 5;
 
+/// Process exit code for a VM that vmd stopped ([`VmEvent::Stopped`]):
+/// distinct from a guest poweroff, so that vmd and scripts can tell who
+/// ended it.
+pub const EXIT_STOPPED: i32 = 6;
+
 /// Why a vCPU stopped the VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VcpuFault {
@@ -64,6 +69,22 @@ pub enum VmEvent {
         /// How it ended ("exited with status 1", "killed by signal 9").
         how: String,
     },
+    /// vmd asked the monitor to end the VM at once (`vmctl stop -f`).
+    Stopped,
+}
+
+impl fmt::Display for VmEvent {
+    /// The reason as the monitor logs it and reports it to vmd.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmEvent::Poweroff => f.write_str("guest powered off"),
+            VmEvent::Reboot => f.write_str("guest asked to reboot"),
+            VmEvent::Crash(fault) => write!(f, "guest crashed: {fault}"),
+            VmEvent::HostError(why) => write!(f, "host error: {why}"),
+            VmEvent::DeviceDied { device, how } => write!(f, "device process {device} {how}"),
+            VmEvent::Stopped => f.write_str("stopped by vmd"),
+        }
+    }
 }
 
 impl VmEvent {
@@ -75,6 +96,7 @@ impl VmEvent {
             VmEvent::Crash(_) => EXIT_GUEST_CRASH,
             VmEvent::HostError(_) => EXIT_HOST_ERROR,
             VmEvent::DeviceDied { .. } => EXIT_DEVICE_DIED,
+            VmEvent::Stopped => EXIT_STOPPED,
         }
     }
 }
@@ -160,6 +182,7 @@ mod tests {
                 how: "x".into(),
             }
             .exit_code(),
+            VmEvent::Stopped.exit_code(),
         ];
         for (i, a) in codes.iter().enumerate() {
             assert!(codes[i + 1..].iter().all(|b| a != b), "{codes:?}");
@@ -174,6 +197,20 @@ mod tests {
         events.send(VmEvent::Poweroff);
         assert!(other.is_stopping());
         assert_eq!(rx.try_recv(), Ok(VmEvent::Poweroff));
+    }
+
+    #[test]
+    fn stopped_by_vmd_has_its_own_code_and_reason() {
+        assert_eq!(VmEvent::Stopped.exit_code(), EXIT_STOPPED);
+        assert_eq!(VmEvent::Stopped.to_string(), "stopped by vmd");
+        assert_eq!(
+            VmEvent::DeviceDied {
+                device: "disk0".into(),
+                how: "killed by signal 9".into()
+            }
+            .to_string(),
+            "device process disk0 killed by signal 9"
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@
 //! - [`vhost_user`]: the vhost-user frontend for devices in their own process.
 //! - [`vcpu`]: vCPU threads and their exit handling.
 //! - [`vm`]: putting it together: build a VM from a [`config::VmConfig`] and run it.
+//! - [`control`]: control mode (`--control-fd`): the VM vmd sends as fds,
+//!   requests (pause, stop, log level), reboots in place, re-adoption by a
+//!   restarted vmd; [`control::pause`] is the vCPU pause gate.
 //! - [`vmd`]: the daemon's side: vm.conf parsing (the daemon itself to come).
 //! - [`exit`]: how a VM ends, and the monitor's exit codes.
 
@@ -30,6 +33,7 @@ pub mod acpi;
 pub mod boot;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod cpuid;
 pub mod device_proc;
 pub mod devices;

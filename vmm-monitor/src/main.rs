@@ -1,5 +1,9 @@
 //! `vmm-monitor`: run one virtual machine until it powers off, reboots or
 //! crashes; the exit code says which (see `vmm_monitor::exit`).
+//!
+//! Two modes: the VM from the command line (`--kernel ...`), or, with
+//! `--control-fd N`, the VM vmd sends over the socket at fd N (see
+//! `vmm_monitor::control`).
 
 use std::process::ExitCode;
 
@@ -8,21 +12,19 @@ use ipc::logger;
 use vmm_monitor::config::{Cli, VmConfig};
 use vmm_monitor::devices::serial::ConsoleSink;
 use vmm_monitor::exit::{VmEvent, EXIT_HOST_ERROR};
-use vmm_monitor::vm;
+use vmm_monitor::{control, vm};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logger::init("vmm-monitor", logger::level_for_verbosity(cli.verbose));
+    if let Some(fd) = cli.control_fd {
+        return ExitCode::from(control::run(fd) as u8);
+    }
     let code = match run(cli) {
         Ok(event) => {
             match &event {
-                VmEvent::Poweroff => log::info!("guest powered off"),
-                VmEvent::Reboot => log::info!("guest asked to reboot"),
-                VmEvent::Crash(fault) => log::error!("VM stopped: {fault}"),
-                VmEvent::HostError(why) => log::error!("VM stopped: {why}"),
-                VmEvent::DeviceDied { device, how } => {
-                    log::error!("VM stopped: device process {device} {how}")
-                }
+                VmEvent::Poweroff | VmEvent::Reboot | VmEvent::Stopped => log::info!("{event}"),
+                _ => log::error!("VM stopped: {event}"),
             }
             event.exit_code()
         }

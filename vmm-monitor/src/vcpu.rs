@@ -15,6 +15,9 @@
 //! - Exactly one thread calls KVM_RUN on a given vCPU fd.
 //! - After the stop flag is set, a vCPU thread enters KVM_RUN at most once
 //!   more before it returns.
+//! - Every KVM_RUN follows a pass through the VM's
+//!   [`PauseGate`](crate::control::pause::PauseGate) checkpoint, so a
+//!   paused VM has no vCPU in the guest.
 
 use std::sync::Arc;
 
@@ -26,11 +29,20 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::bus::Bus;
+use crate::control::pause::PauseGate;
 use crate::exit::{VcpuFault, VmEvent, VmEvents};
 
 /// Signal used to knock a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN()
+}
+
+/// Sends the kick signal to `thread` (a vCPU thread that is still seated
+/// at its [`PauseGate`], so its pthread_t is valid).
+pub fn kick_thread(thread: libc::pthread_t) {
+    // SAFETY: the caller guarantees `thread` is a live (unjoined) thread of
+    // this process; the signal's handler does nothing.
+    unsafe { libc::pthread_kill(thread, kick_signal()) };
 }
 
 /// Installs the (empty) handler for [`kick_signal`]; without a handler the
@@ -93,9 +105,15 @@ impl Vcpu {
         }
     }
 
-    /// Runs the vCPU until the VM ends (the events' stop flag is raised).
-    pub fn run(mut self) {
+    /// Runs the vCPU until the VM ends (the events' stop flag is raised),
+    /// parking at `gate` while it is paused.
+    pub fn run(mut self, gate: &PauseGate) {
+        let _seat = gate.enter();
         while !self.events.is_stopping() {
+            gate.checkpoint(|| self.events.is_stopping());
+            if self.events.is_stopping() {
+                return;
+            }
             if let Outcome::Stop(event) = self.run_once() {
                 // Stop this vCPU at once; the main thread stops the others.
                 self.events.send(event);

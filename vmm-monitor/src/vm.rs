@@ -13,6 +13,7 @@
 //!    stops every vCPU, and returns the event.
 
 use std::fs::File;
+use std::io::Seek;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,7 +26,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::config::VmConfig;
-use crate::device_proc::DeviceProcess;
+use crate::control::pause::PauseGate;
+use crate::device_proc::{DeviceProcess, LevelHandle};
 use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_LEN};
 use crate::devices::pci_host::{PciConfigIo, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
@@ -154,6 +156,8 @@ pub struct Vm {
     events: crossbeam_channel::Receiver<VmEvent>,
     reporter: VmEvents,
     stopper: StopHandle,
+    gate: Arc<PauseGate>,
+    com1: Arc<Mutex<Serial>>,
 }
 
 impl Vm {
@@ -193,7 +197,7 @@ impl Vm {
         let entry = images.load(&ram, config, rsdp)?;
 
         let (events_tx, events) = VmEvents::new();
-        let (pio, pci_config) = platform_devices(&vm, config, console, &events_tx)?;
+        let (pio, pci_config, com1) = platform_devices(&vm, config, console, &events_tx)?;
         let pio = Arc::new(pio);
         let mmio = Arc::new(Bus::new());
         let pci = PciDevices::new(
@@ -247,7 +251,33 @@ impl Vm {
             stopper: events_tx.stop_handle(),
             reporter: events_tx,
             processes: Vec::new(),
+            gate: Arc::new(PauseGate::new()),
+            com1,
         })
+    }
+
+    /// Makes the vCPUs park at `gate` (kept by the control layer across
+    /// reboots) instead of the VM's own, never-paused gate.
+    pub fn set_pause_gate(&mut self, gate: Arc<PauseGate>) {
+        self.gate = gate;
+    }
+
+    /// A handle to report events to this VM (e.g. [`VmEvent::Stopped`]).
+    pub fn events(&self) -> VmEvents {
+        self.reporter.clone()
+    }
+
+    /// COM1, for feeding it console input.
+    pub fn com1(&self) -> Arc<Mutex<Serial>> {
+        self.com1.clone()
+    }
+
+    /// Handles to set the log level of each device process of this VM.
+    pub fn device_log_handles(&self) -> Vec<LevelHandle> {
+        self.processes
+            .iter()
+            .map(DeviceProcess::level_handle)
+            .collect()
     }
 
     /// Adds `device` as a virtio-pci function at the next free slot of bus
@@ -276,10 +306,11 @@ impl Vm {
         let mut spawn_error = None;
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             let reporter = self.reporter.clone();
+            let gate = self.gate.clone();
             match std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let run = std::panic::AssertUnwindSafe(|| vcpu.run());
+                    let run = std::panic::AssertUnwindSafe(|| vcpu.run(&gate));
                     if std::panic::catch_unwind(run).is_err() {
                         reporter.send(VmEvent::HostError(format!("vcpu {index} panicked")));
                     }
@@ -303,7 +334,7 @@ impl Vm {
                 .recv()
                 .unwrap_or_else(|_| VmEvent::HostError("the VM's event channel closed".into()))),
         };
-        stop_vcpus(&self.stopper, threads);
+        stop_vcpus(&self.stopper, &self.gate, threads);
         event
     }
 }
@@ -338,7 +369,7 @@ fn check_kvm(kvm: &Kvm, cpus: usize) -> Result<(), VmError> {
 }
 
 /// The kernel and initrd of a VM, opened before anything else is built so
-/// that a bad path fails at once (and, later, so that vmd can pass them as fds).
+/// that a bad path fails at once, or passed by vmd as fds.
 pub struct BootImages {
     kernel: File,
     initrd: Option<File>,
@@ -364,12 +395,38 @@ impl BootImages {
         })
     }
 
+    /// Images read from files already open (vmd's fds).
+    pub fn from_files(kernel: File, initrd: Option<File>) -> Self {
+        Self { kernel, initrd }
+    }
+
+    /// The same images for another load (a reboot): dups of the files,
+    /// sharing their offsets, which [`BootImages::load`] rewinds.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            kernel: self.kernel.try_clone()?,
+            initrd: self.initrd.as_ref().map(File::try_clone).transpose()?,
+        })
+    }
+
     fn load(
         mut self,
         ram: &GuestRam,
         config: &VmConfig,
         rsdp: vm_memory::GuestAddress,
     ) -> Result<loader::KernelEntry, VmError> {
+        let rewind = |file: &mut File, what, path: &Path| {
+            file.rewind().map_err(|source| VmError::OpenImage {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+        };
+        rewind(&mut self.kernel, "kernel", &config.kernel)?;
+        if let Some(initrd) = self.initrd.as_mut() {
+            let path = config.initrd.as_deref().unwrap_or(Path::new("(initrd fd)"));
+            rewind(initrd, "initrd", path)?;
+        }
         let params = LoadParams {
             kernel: &mut self.kernel,
             initrd: self.initrd.as_mut(),
@@ -392,22 +449,29 @@ fn irq_eventfd(vm: &VmFd, gsi: u32) -> Result<EventFd, VmError> {
     Ok(fd)
 }
 
+/// The port-I/O bus, the PCI config ports' device (to add PCI functions to
+/// its root bus) and COM1 (to feed it console input).
+type PlatformDevices = (Bus, Arc<Mutex<PciConfigIo>>, Arc<Mutex<Serial>>);
+
 /// The port-I/O bus with COM1, i8042, RTC, ACPI PM and PCI config ports,
-/// and the PCI config ports' device (to add PCI functions to its root bus).
+/// and the devices the VM keeps handles on.
 fn platform_devices(
     vm: &VmFd,
     config: &VmConfig,
     console: ConsoleSink,
     events: &VmEvents,
-) -> Result<(Bus, Arc<Mutex<PciConfigIo>>), VmError> {
+) -> Result<PlatformDevices, VmError> {
     let pio = Bus::new();
-    let com1 = Serial::new(IrqLine(irq_eventfd(vm, COM1_IRQ)?), console);
+    let com1 = Arc::new(Mutex::new(Serial::new(
+        IrqLine(irq_eventfd(vm, COM1_IRQ)?),
+        console,
+    )));
     let i8042 = I8042::new(events.clone());
     let rtc = Rtc::new(config.memory);
     let pm = AcpiPm::new(irq_eventfd(vm, u32::from(SCI_IRQ))?, events.clone());
     let pci = Arc::new(Mutex::new(PciConfigIo::new(events.clone())));
     let devices: [(SharedDevice, u64, u64); 5] = [
-        (Arc::new(Mutex::new(com1)), COM1_PORT, COM1_PORT_LEN),
+        (com1.clone(), COM1_PORT, COM1_PORT_LEN),
         (
             Arc::new(Mutex::new(i8042)),
             I8042_DATA_PORT.into(),
@@ -420,12 +484,14 @@ fn platform_devices(
     for (device, base, len) in devices {
         pio.insert(device, base, len)?;
     }
-    Ok((pio, pci))
+    Ok((pio, pci, com1))
 }
 
-/// Sets the stop flag and kicks every vCPU thread until it has returned.
-fn stop_vcpus(stopper: &StopHandle, threads: Vec<JoinHandle<()>>) {
+/// Sets the stop flag, releases vCPUs parked at `gate`, and kicks every
+/// vCPU thread until it has returned.
+fn stop_vcpus(stopper: &StopHandle, gate: &PauseGate, threads: Vec<JoinHandle<()>>) {
     stopper.request_stop();
+    gate.wake();
     for thread in threads {
         while !thread.is_finished() {
             // SAFETY: the pthread_t belongs to a thread we spawned and have not

@@ -3,8 +3,10 @@
 //! The UART lives at the legacy COM1 ports (0x3F8, 8 registers) and raises
 //! ISA IRQ 4 through an irqfd. Its transmit side writes every byte to the
 //! sink at once, unbuffered, so that what the guest printed last before a
-//! crash is never lost in a buffer. The receive side is fed by the console
-//! process in a later step; for now nothing is ever received.
+//! crash is never lost in a buffer. On a console pty (control mode) the
+//! sink never blocks a vCPU: when the pty's buffer is full the byte is
+//! dropped and counted. The receive side is fed by
+//! [`Serial::enqueue_input`] (the monitor's console input thread).
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -35,7 +37,13 @@ impl Trigger for IrqLine {
 }
 
 /// Where the console's bytes go: a file descriptor written without buffering.
-pub struct ConsoleSink(File);
+pub struct ConsoleSink {
+    file: File,
+    /// Non-blocking fd: drop what does not fit instead of failing.
+    lossy: bool,
+    /// Bytes dropped so far (lossy sinks).
+    dropped: u64,
+}
 
 impl ConsoleSink {
     /// The monitor's standard output. Writes go straight to fd 1.
@@ -47,18 +55,62 @@ impl ConsoleSink {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by dup and is owned by nobody else.
-        Ok(Self(unsafe { File::from_raw_fd(fd) }))
+        Ok(Self::from_file(unsafe { File::from_raw_fd(fd) }))
     }
 
     /// A sink writing to `file` (tests, or a log file later).
     pub fn from_file(file: File) -> Self {
-        Self(file)
+        Self {
+            file,
+            lossy: false,
+            dropped: 0,
+        }
     }
+
+    /// A sink writing to a console pty's master without ever blocking: the
+    /// fd's file description is made non-blocking (for every dup of it),
+    /// and bytes that do not fit in the pty's buffer are dropped.
+    pub fn lossy(file: File) -> io::Result<Self> {
+        set_nonblocking(&file)?;
+        Ok(Self {
+            file,
+            lossy: true,
+            dropped: 0,
+        })
+    }
+
+    /// Bytes dropped because the pty was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+/// Sets O_NONBLOCK on `file`'s open file description.
+pub fn set_nonblocking(file: &File) -> io::Result<()> {
+    // SAFETY: F_GETFL on an fd we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL with flags on an fd we own; no memory is passed.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        match self.file.write(buf) {
+            Err(e) if self.lossy && e.kind() == io::ErrorKind::WouldBlock => {
+                if self.dropped == 0 {
+                    log::debug!("console: pty full, dropping output until it drains");
+                }
+                self.dropped += buf.len() as u64;
+                Ok(buf.len())
+            }
+            other => other,
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -75,6 +127,22 @@ impl Serial {
     pub fn new(irq: IrqLine, sink: ConsoleSink) -> Self {
         Self {
             uart: vm_superio::Serial::new(irq, sink),
+        }
+    }
+
+    /// Puts `input` into the receive FIFO (raising the receive interrupt
+    /// if the guest enabled it); returns how many bytes fit, 0 when the
+    /// FIFO is full (or the UART is in loopback mode).
+    pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
+        let room = self.uart.fifo_capacity();
+        match self.uart.enqueue_raw_bytes(input) {
+            Ok(n) => n,
+            Err(vm_superio::serial::Error::FullFifo) => 0,
+            Err(e) => {
+                // The bytes are in the FIFO; only the interrupt failed.
+                log::debug!("COM1 input: {e:?}");
+                room.min(input.len())
+            }
         }
     }
 }
@@ -118,6 +186,43 @@ mod tests {
         reader.rewind().unwrap();
         reader.read_to_string(&mut out).unwrap();
         assert_eq!(out, "hi\n");
+    }
+
+    #[test]
+    fn serial_input_reaches_the_receive_register_until_the_fifo_is_full() {
+        let mut com1 = Serial::new(
+            IrqLine(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            ConsoleSink::from_file(tempfile()),
+        );
+        assert_eq!(com1.enqueue_input(b"ok"), 2);
+        let mut lsr = [0u8];
+        com1.read(5, &mut lsr);
+        assert_ne!(lsr[0] & 1, 0, "data ready");
+        let mut rbr = [0u8];
+        com1.read(0, &mut rbr);
+        assert_eq!(rbr[0], b'o');
+        com1.read(0, &mut rbr);
+        assert_eq!(rbr[0], b'k');
+        let big = [b'x'; 100];
+        assert_eq!(com1.enqueue_input(&big), 64);
+        assert_eq!(com1.enqueue_input(&big), 0, "a full FIFO takes nothing");
+    }
+
+    #[test]
+    fn lossy_sink_drops_what_a_full_pipe_cannot_take() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two-element array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh fds owned by nobody else.
+        let (read, write) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let mut sink = ConsoleSink::lossy(write).unwrap();
+        let chunk = [b'a'; 4096];
+        // A pipe holds 64 KiB by default: far more than that never blocks.
+        for _ in 0..64 {
+            assert_eq!(sink.write(&chunk).unwrap(), chunk.len());
+        }
+        assert!(sink.dropped() > 0);
+        drop(read);
     }
 
     #[test]

@@ -146,7 +146,11 @@ fn supplementary_groups(status: &str) -> Vec<u32> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -194,7 +198,10 @@ mod tests {
             group: g.map(Into::into),
         };
         let r = resolve(&o(Some("root"), Some("0"))).unwrap();
-        assert_eq!((r.uid, r.gid, r.text.as_str()), (Some(0), Some(0), "root:0"));
+        assert_eq!(
+            (r.uid, r.gid, r.text.as_str()),
+            (Some(0), Some(0), "root:0")
+        );
         let r = resolve(&o(Some("4242"), None)).unwrap();
         assert_eq!((r.uid, r.gid), (Some(4242), None));
         assert_eq!(

@@ -44,7 +44,11 @@ pub fn adopt_all(vmd: &Arc<Vmd>, run_dir: &Path) -> usize {
         let (record, pid, paused) = match hello(&mut channel) {
             Ok(identity) => identity,
             Err(e) => {
-                log::warn!("{}: not re-adopted: {}", path.display(), ipc::error_chain(&e));
+                log::warn!(
+                    "{}: not re-adopted: {}",
+                    path.display(),
+                    ipc::error_chain(&e)
+                );
                 continue;
             }
         };
@@ -57,7 +61,11 @@ pub fn adopt_all(vmd: &Arc<Vmd>, run_dir: &Path) -> usize {
         {
             let mut guard = vmd.lock();
             if guard.vms.get(id).is_some() || guard.vms.has_name(&record.name) {
-                log::warn!("{}: vm {id} ({}) is known already", path.display(), record.name);
+                log::warn!(
+                    "{}: vm {id} ({}) is known already",
+                    path.display(),
+                    record.name
+                );
                 continue;
             }
             guard.vms.insert(id, spec_of(&record), state);

@@ -102,10 +102,7 @@ impl Vmd {
         mut done: impl FnMut(&State) -> bool,
     ) -> MutexGuard<'a, State> {
         while !done(&guard) {
-            guard = self
-                .changed
-                .wait(guard)
-                .unwrap_or_else(|p| p.into_inner());
+            guard = self.changed.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
         guard
     }
@@ -182,7 +179,11 @@ impl Vmd {
                 drop(state);
                 let _ = std::fs::remove_file(self.monitor_socket(id));
                 self.notify();
-                log::warn!("vm {id} ({}) failed to start: {}", spec.name, message.message);
+                log::warn!(
+                    "vm {id} ({}) failed to start: {}",
+                    spec.name,
+                    message.message
+                );
                 Err(message)
             }
         }

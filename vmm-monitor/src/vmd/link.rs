@@ -164,7 +164,9 @@ pub fn spawn_monitor(
     drop(files);
     let pid = match ours.recv::<FromMonitor>() {
         Ok((FromMonitor::Started { pid }, _)) => pid,
-        Ok((FromMonitor::Failed(why), _)) => return Err(abandon(&mut child, LinkError::Failed(why))),
+        Ok((FromMonitor::Failed(why), _)) => {
+            return Err(abandon(&mut child, LinkError::Failed(why)))
+        }
         Ok((other, _)) => {
             return Err(abandon(
                 &mut child,
@@ -288,7 +290,11 @@ fn abandon(child: &mut Child, error: LinkError) -> LinkError {
     error
 }
 
-fn send_launch(channel: &mut Channel, launch: &Launch, files: &LaunchFiles) -> Result<(), LinkError> {
+fn send_launch(
+    channel: &mut Channel,
+    launch: &Launch,
+    files: &LaunchFiles,
+) -> Result<(), LinkError> {
     let mut fds: Vec<BorrowedFd<'_>> = vec![files.kvm.as_fd(), files.kernel.as_fd()];
     if let Some(initrd) = &files.initrd {
         fds.push(initrd.as_fd());

@@ -54,8 +54,8 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
     }
-    let config = conf::parse_config(&cli.file, &defines)
-        .and_then(|c| conf::validate_paths(&c).map(|()| c));
+    let config =
+        conf::parse_config(&cli.file, &defines).and_then(|c| conf::validate_paths(&c).map(|()| c));
     let config = match (config, cli.check_only) {
         (Ok(_), true) => {
             println!("configuration OK");
@@ -78,17 +78,18 @@ pub fn run(cli: Cli) -> ExitCode {
         // SAFETY: no other thread exists yet (set_var's precondition).
         unsafe { std::env::set_var(ipc::logger::SYSLOG_ENV, "1") };
     }
-    ipc::logger::init("vmd", level);
     // SIGHUP, SIGTERM and SIGINT are taken by a thread of their own
-    // (sigwait); block them before any other thread exists.
+    // (sigwait); block them before any other thread (the logger's first)
+    // exists.
     let mut signals = SigSet::empty();
     for s in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT] {
         signals.add(s);
     }
     if let Err(e) = signals.thread_block() {
-        log::error!("cannot block signals: {e}");
+        eprintln!("vmd: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
+    ipc::logger::init("vmd", level);
     match serve(&cli, defines, config, LogLevel::from_filter(level), signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -124,9 +125,7 @@ fn serve(
         level,
     );
     let adopted = adopt::adopt_all(&vmd, &run_dir);
-    let to_start = vmd
-        .apply_config(&config, true)
-        .map_err(|r| r.message)?;
+    let to_start = vmd.apply_config(&config, true).map_err(|r| r.message)?;
     log::info!(
         "vmd started: {} vm(s) configured, {adopted} re-adopted, control socket {}",
         config.vms.len(),

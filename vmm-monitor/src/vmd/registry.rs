@@ -150,7 +150,11 @@ impl Registry {
 
     /// Ids of the VMs for which `keep` holds.
     pub fn ids_where(&self, keep: impl Fn(&VmEntry) -> bool) -> Vec<u32> {
-        self.vms.values().filter(|v| keep(v)).map(|v| v.id).collect()
+        self.vms
+            .values()
+            .filter(|v| keep(v))
+            .map(|v| v.id)
+            .collect()
     }
 }
 

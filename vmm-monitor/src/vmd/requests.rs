@@ -104,9 +104,10 @@ fn start_vm(vmd: &Arc<Vmd>, peer: &Peer, start: &StartRequest) -> Result<Respons
                 .find(&VmRef::Name(template.clone()))
                 .ok_or_else(|| not_found(&VmRef::Name(template.clone())))?;
             let allowed_owner = parent.spec.conf.as_ref().is_some_and(|c| {
-                c.allow_instance.owners.iter().any(|o| {
-                    super::access::resolve(o).is_ok_and(|r| peer.may_control(&r))
-                })
+                c.allow_instance
+                    .owners
+                    .iter()
+                    .any(|o| super::access::resolve(o).is_ok_and(|r| peer.may_control(&r)))
             });
             if !(peer.may_control(&parent.spec.owner) || allowed_owner) {
                 return Err(Refusal::new(
@@ -221,7 +222,10 @@ fn stop(
 fn stop_one(vmd: &Vmd, id: u32, force: bool) -> Result<u64, Refusal> {
     let (link, ends, name) = {
         let mut state = vmd.lock();
-        let vm = state.vms.get_mut(id).ok_or_else(|| not_found(&VmRef::Id(id)))?;
+        let vm = state
+            .vms
+            .get_mut(id)
+            .ok_or_else(|| not_found(&VmRef::Id(id)))?;
         match vm.state {
             VmState::Running | VmState::Paused => {}
             VmState::Stopping if !force => {
@@ -280,7 +284,11 @@ fn kill(pid: u32) {
 fn wait_for_end(vmd: &Vmd, id: u32, ends: u64) -> Response {
     let (name, how) = {
         let guard = vmd.lock();
-        let name = guard.vms.get(id).map(|v| v.spec.name.clone()).unwrap_or_default();
+        let name = guard
+            .vms
+            .get(id)
+            .map(|v| v.spec.name.clone())
+            .unwrap_or_default();
         drop(guard);
         let mut last = None;
         let guard = vmd.wait_until(vmd.lock(), |s| match s.vms.get(id) {
@@ -300,7 +308,11 @@ fn wait_vm(vmd: &Vmd, vm: &VmRef) -> Result<Response, Refusal> {
     let (id, ends, live) = {
         let state = vmd.lock();
         let entry = state.vms.find(vm).ok_or_else(|| not_found(vm))?;
-        (entry.id, entry.ends, is_live(entry.state) || entry.state == VmState::Starting)
+        (
+            entry.id,
+            entry.ends,
+            is_live(entry.state) || entry.state == VmState::Starting,
+        )
     };
     if !live {
         return Err(Refusal::new(
@@ -345,8 +357,18 @@ fn pause(vmd: &Vmd, peer: &Peer, vm: &VmRef, pause: bool) -> Result<Response, Re
     if let Err(e) = link.request(&request) {
         let mut state = vmd.lock();
         if let Some(entry) = state.vms.get_mut(id) {
-            if entry.state == (if pause { VmState::Paused } else { VmState::Running }) {
-                entry.state = if pause { VmState::Running } else { VmState::Paused };
+            if entry.state
+                == (if pause {
+                    VmState::Paused
+                } else {
+                    VmState::Running
+                })
+            {
+                entry.state = if pause {
+                    VmState::Running
+                } else {
+                    VmState::Paused
+                };
             }
         }
         return Err(Refusal::new(
@@ -381,13 +403,19 @@ fn reload(vmd: &Arc<Vmd>) -> Result<Response, Refusal> {
     let config = parse(vmd, &vmd.settings.conf_path)?;
     {
         let mut state = vmd.lock();
-        for id in state.vms.ids_where(|v| v.state == VmState::Stopped || v.state == VmState::Waiting) {
+        for id in state
+            .vms
+            .ids_where(|v| v.state == VmState::Stopped || v.state == VmState::Waiting)
+        {
             state.vms.remove(id);
         }
     }
     let ids = vmd.apply_config(&config, true)?;
     vmd.start_staggered(ids);
-    log::info!("configuration reloaded from {}", vmd.settings.conf_path.display());
+    log::info!(
+        "configuration reloaded from {}",
+        vmd.settings.conf_path.display()
+    );
     Ok(Response::Done("configuration reloaded".into()))
 }
 
@@ -435,7 +463,12 @@ fn set_log(vmd: &Vmd, verbosity: LogVerbosity) -> Result<Response, Refusal> {
         LogVerbosity::Verbose => LogLevel::Debug,
     };
     vmd.set_log_level(level);
-    let links: Vec<_> = vmd.lock().vms.iter().filter_map(|v| v.link.clone()).collect();
+    let links: Vec<_> = vmd
+        .lock()
+        .vms
+        .iter()
+        .filter_map(|v| v.link.clone())
+        .collect();
     let mut failed = Vec::new();
     for link in links {
         if let Err(e) = link.request(&ToMonitor::SetLogLevel(level)) {

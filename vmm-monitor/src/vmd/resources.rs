@@ -122,10 +122,11 @@ pub fn open_disk(
     });
     let probe = image.try_clone().map_err(open_err)?;
     let mut opener = RecordingOpener::new(path);
-    let opened = open_image(probe, want, true, &mut opener).map_err(|source| ResourceError::Image {
-        path: path.to_owned(),
-        source,
-    })?;
+    let opened =
+        open_image(probe, want, true, &mut opener).map_err(|source| ResourceError::Image {
+            path: path.to_owned(),
+            source,
+        })?;
     drop(opened);
     for file in &opener.files {
         lock(file, false, path)?;
@@ -237,8 +238,6 @@ mod tests {
         let console = open_console().unwrap();
         assert!(console.path.starts_with("/dev/pts/"), "{}", console.path);
         let t = nix::sys::termios::tcgetattr(&console.slave).unwrap();
-        assert!(!t
-            .local_flags
-            .contains(nix::sys::termios::LocalFlags::ECHO));
+        assert!(!t.local_flags.contains(nix::sys::termios::LocalFlags::ECHO));
     }
 }

@@ -119,7 +119,11 @@ fn connection(vmd: &Arc<Vmd>, stream: UnixStream) {
     log::debug!("control: uid {} pid {}: {request:?}", peer.uid, peer.pid);
     let mut reply = |response: Response| {
         if let Err(e) = channel.send(&response, &[]) {
-            log::debug!("control: cannot answer pid {}: {}", peer.pid, ipc::error_chain(&e));
+            log::debug!(
+                "control: cannot answer pid {}: {}",
+                peer.pid,
+                ipc::error_chain(&e)
+            );
         }
     };
     requests::handle(vmd, &peer, request, &mut reply);

@@ -250,17 +250,22 @@ mod tests {
 
     #[test]
     fn missing_devices_and_kernel_refuse_the_start_by_name() {
-        let vms = conf("vm a { interfaces 2 }\nvm b { boot \"/k\"; local interface; cdrom \"/i\" }\n");
+        let vms =
+            conf("vm a { interfaces 2 }\nvm b { boot \"/k\"; local interface; cdrom \"/i\" }\n");
         let a = VmSpec::from_conf(&vms[0]).unwrap();
         assert!(a.unstartable().unwrap().contains("no kernel"));
         let b = VmSpec::from_conf(&vms[1]).unwrap();
         let why = b.unstartable().unwrap();
-        assert!(why.contains("1 network interface") && why.contains("cdrom"), "{why}");
+        assert!(
+            why.contains("1 network interface") && why.contains("cdrom"),
+            "{why}"
+        );
     }
 
     #[test]
     fn instances_take_only_allowed_options() {
-        let vms = conf("vm t { boot \"/k\"; disk \"/base\"; memory 1G; allow instance { memory } }\n");
+        let vms =
+            conf("vm t { boot \"/k\"; disk \"/base\"; memory 1G; allow instance { memory } }\n");
         let t = VmSpec::from_conf(&vms[0]).unwrap();
         let start = StartRequest {
             memory: Some(2 << 30),
@@ -289,6 +294,9 @@ mod tests {
     fn unknown_owner_is_an_error_naming_the_vm() {
         let vms = conf("vm a { owner nosuchuserxyz }\n");
         let err = VmSpec::from_conf(&vms[0]).unwrap_err();
-        assert_eq!(err.to_string(), "vm 'a': owner: unknown user 'nosuchuserxyz'");
+        assert_eq!(
+            err.to_string(),
+            "vm 'a': owner: unknown user 'nosuchuserxyz'"
+        );
     }
 }

@@ -15,12 +15,14 @@ mod blk_discard;
 mod blk_id;
 mod blk_ro;
 mod blk_rw;
+mod echo;
 mod fault;
 mod hello;
 mod mem;
 mod pci;
 mod reboot;
 mod smp;
+mod ticker;
 mod timer;
 
 /// A test scenario.
@@ -45,6 +47,8 @@ const ALL: &[Scenario] = &[
     blk_discard::SCENARIO,
     blk_ro::SCENARIO,
     blk_bench::SCENARIO,
+    ticker::SCENARIO,
+    echo::SCENARIO,
 ];
 
 /// Scenario run when the command line names none.

@@ -617,7 +617,10 @@ fn cmdline_and_initrd_are_ours_and_inherited_under_boot() {
         "vm t { boot \"/k\"; cmdline \"console=ttyS0 test=hello\"; initrd \"/i\"; allow instance { boot } }\n\
          vm t instance u { cmdline \"test=smp\" }\n",
     );
-    assert_eq!(c.vms[0].cmdline.as_deref(), Some("console=ttyS0 test=hello"));
+    assert_eq!(
+        c.vms[0].cmdline.as_deref(),
+        Some("console=ttyS0 test=hello")
+    );
     assert_eq!(c.vms[0].initrd, Some("/i".into()));
     assert_eq!(c.vms[1].cmdline.as_deref(), Some("test=smp"));
     assert_eq!(c.vms[1].initrd, Some("/i".into()));
