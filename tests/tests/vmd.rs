@@ -311,10 +311,15 @@ fn enabled_vms_start_with_vmd_staggered() {
     let enabled = |name: &str| ticker(name, "  enable\n");
     let config = "staggered start parallel 1 delay 600\n".to_string()
         + &enabled("first")
-        + &enabled("second");
+        + &enabled("second")
+        + &enabled("third");
     let vmd = Vmd::start(dir.path("").as_path(), &config);
     vmd.wait_state("first", "running", SLOW);
     assert_eq!(vmd.row("second").state, "waiting");
+    assert_eq!(vmd.row("third").state, "waiting");
+    // Stopping a waiting VM takes it out of the queue.
+    vmd.vmctl(&["stop", "-w", "third"]).ok();
+    assert_eq!(vmd.row("third").state, "stopped");
     // Starting a waiting VM by hand takes it out of the queue.
     vmd.vmctl(&["start", "second"]).ok();
     assert_eq!(vmd.row("second").state, "running");
@@ -424,13 +429,18 @@ fn bad_requests_get_one_clear_error_and_vmd_keeps_serving() {
     drop(raw);
     vmd.vmctl(&["status"]).ok();
 
-    // reload drops VMs no longer configured and keeps running ones.
+    // reload drops stopped VMs no longer configured and keeps running
+    // ones; a running one the new file drops goes once it stops.
     vmd.vmctl(&["start", "a"]).ok();
+    vmd.vmctl(&["start", "z"]).ok();
     std::fs::write(vmd.conf(), ticker("a", "") + &ticker("y", "")).unwrap();
     vmd.vmctl(&["reload"]).ok();
     let names: Vec<String> = vmd.status().into_iter().map(|r| r.name).collect();
-    assert_eq!(names, ["a", "y"]);
+    assert_eq!(names, ["a", "z", "y"]);
     assert_eq!(vmd.row("a").state, "running");
+    vmd.vmctl(&["stop", "-w", "z"]).ok();
+    let names: Vec<String> = vmd.status().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["a", "y"]);
     // reset vms stops and removes every VM, then reads the config again.
     vmd.vmctl(&["reset", "vms"]).ok();
     let rows = vmd.status();

@@ -183,10 +183,9 @@ fn stop(
                 })
             }
         },
-        None => vmd
-            .lock()
-            .vms
-            .ids_where(|v| is_live(v.state) && peer.may_control(&v.spec.owner)),
+        None => vmd.lock().vms.ids_where(|v| {
+            (is_live(v.state) || v.state == VmState::Waiting) && peer.may_control(&v.spec.owner)
+        }),
     };
     let mut stopping = Vec::new();
     for id in targets {
@@ -240,6 +239,16 @@ fn stop_one(vmd: &Vmd, id: u32, force: bool) -> Result<u64, Refusal> {
                     ErrorKind::Busy,
                     format!("vm '{}' is starting; stop it once it runs", vm.spec.name),
                 ))
+            }
+            VmState::Waiting => {
+                // Not started yet: take it out of the start queue.
+                vm.state = VmState::Stopped;
+                vm.ends += 1;
+                vm.last_end = Some("taken out of the start queue".into());
+                let ends = vm.ends - 1;
+                drop(state);
+                vmd.notify();
+                return Ok(ends);
             }
             _ => {
                 return Err(Refusal::new(
@@ -408,6 +417,12 @@ fn reload(vmd: &Arc<Vmd>) -> Result<Response, Refusal> {
             .ids_where(|v| v.state == VmState::Stopped || v.state == VmState::Waiting)
         {
             state.vms.remove(id);
+        }
+        // A running VM the new configuration no longer names goes away
+        // when it stops; one it names is marked configured again below.
+        for vm in state.vms.iter_mut() {
+            vm.spec.configured = false;
+            vm.pending = None;
         }
     }
     let ids = vmd.apply_config(&config, true)?;
