@@ -57,7 +57,7 @@ fn vmd_n_reports_configuration_ok_or_every_error_with_file_and_line() {
     let bad = dir.path("bad.conf");
     std::fs::write(
         &bad,
-        "vm a { memory 1X }\nvm a { }\nvm \"-b\" { }\nfrobnicate\nvm c { disk \"/nonexistent.img\" }\n",
+        "vm a { memory 1X }\nvm a { }\nvm \"-b\" { }\nfrobnicate\nvm \"42\" { }\n",
     )
     .unwrap();
     let out = std::process::Command::new(binary("vmd"))
@@ -67,11 +67,33 @@ fn vmd_n_reports_configuration_ok_or_every_error_with_file_and_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    for line in [":1:", ":2:", ":3:", ":4:"] {
+    for line in [":1:", ":2:", ":3:", ":4:", ":5:"] {
         assert!(
             err.contains(&format!("bad.conf{line}")),
             "{line} missing in:\n{err}"
         );
+    }
+    // Syntax is fine here, but a disk is missing and an owner unknown.
+    let unresolved = dir.path("unresolved.conf");
+    std::fs::write(
+        &unresolved,
+        "socket owner :nosuchgroupxyz\nvm a { disk \"/nonexistent.img\" }\nvm b { owner nosuchuserxyz }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(binary("vmd"))
+        .args(["-n", "-f"])
+        .arg(&unresolved)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "unresolved.conf:2:",
+        "/nonexistent.img",
+        "unresolved.conf:3: vm 'b': owner: unknown user 'nosuchuserxyz'",
+        "socket owner: unknown group 'nosuchgroupxyz'",
+    ] {
+        assert!(err.contains(needle), "{needle} missing in:\n{err}");
     }
     // -D overrides a macro of the file.
     let macros = dir.path("macros.conf");
@@ -357,9 +379,9 @@ fn disks_are_locked_to_one_vm_and_missing_ones_named() {
     let config = with_disk("one", disk.to_str().unwrap())
         + &with_disk("two", disk.to_str().unwrap())
         + &with_disk("gone", dir.path("later.img").to_str().unwrap());
-    std::fs::write(dir.path("later.img"), b"").unwrap();
+    // A missing image does not keep vmd from starting: its VM cannot.
     let vmd = Vmd::start(dir.path("").as_path(), &config);
-    std::fs::remove_file(dir.path("later.img")).unwrap();
+    assert!(vmd.log().contains("later.img"), "{}", vmd.log());
 
     vmd.vmctl(&["start", "one"]).ok();
     vmd.vmctl(&["start", "two"])
@@ -428,6 +450,14 @@ fn bad_requests_get_one_clear_error_and_vmd_keeps_serving() {
     let _ = raw.write_all(&header);
     drop(raw);
     vmd.vmctl(&["status"]).ok();
+
+    // A reload of a file that does not resolve changes nothing.
+    std::fs::write(vmd.conf(), ticker("a", "  owner nosuchuserxyz\n")).unwrap();
+    vmd.vmctl(&["reload"])
+        .fails_with("unknown user 'nosuchuserxyz'");
+    assert_eq!(vmd.row("z").state, "stopped");
+    vmd.vmctl(&["reset", "vms"]).fails_with("unknown user");
+    std::fs::write(vmd.conf(), ticker("a", "")).unwrap();
 
     // reload drops stopped VMs no longer configured and keeps running
     // ones; a running one the new file drops goes once it stops.
@@ -564,4 +594,67 @@ fn vmctl_create_makes_images_qemu_img_accepts() {
         std::fs::metadata(dir.path("copy.img")).unwrap().len(),
         3 << 29
     );
+}
+
+#[test]
+fn vmd_detaches_without_d_and_a_second_vmd_is_refused() {
+    let dir = Scratch::new("vmd-detach");
+    let conf = dir.path("vm.conf");
+    std::fs::write(&conf, ticker("a", "")).unwrap();
+    let socket = dir.path("run/vmd.sock");
+    let vmd = |args: &[&str]| {
+        std::process::Command::new(binary("vmd"))
+            .args(args)
+            .arg("-f")
+            .arg(&conf)
+            .env("VMD_SOCKET", &socket)
+            .output()
+            .unwrap()
+    };
+    // Without -d, vmd returns at once and serves in the background.
+    let out = vmd(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vmctl = |args: &[&str]| {
+        std::process::Command::new(binary("vmctl"))
+            .args(args)
+            .env("VMD_SOCKET", &socket)
+            .output()
+            .unwrap()
+    };
+    let status = vmctl(&["status"]);
+    assert!(status.status.success());
+    assert!(String::from_utf8_lossy(&status.stdout).contains(" a\n"));
+    // A second vmd on the same socket says so, to its caller.
+    let second = vmd(&["-d"]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("vmd is already running"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    // SIGTERM ends the detached vmd and removes its socket.
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .find(|pid| {
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+            exe.file_name().is_some_and(|n| n == "vmd")
+                && env
+                    .split(|b| *b == 0)
+                    .any(|v| v == format!("VMD_SOCKET={}", socket.display()).as_bytes())
+        })
+        .expect("the detached vmd");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let start = std::time::Instant::now();
+    while socket.exists() {
+        assert!(start.elapsed() < SLOW, "vmd did not end on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

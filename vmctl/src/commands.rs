@@ -154,13 +154,11 @@ fn disk_arg(text: &str) -> DiskArg {
     }
 }
 
-/// `-m`: a size rounded up to whole MB, within the monitor's limits.
+/// `-m`: a size rounded down to whole MB (as vm.conf's `memory`), within
+/// the monitor's limits.
 fn memory(text: &str) -> Result<u64, Failure> {
     let bytes = ipc::size::parse_size(text).map_err(|e| Failure(format!("-m: {e}")))?;
-    let rounded = bytes
-        .div_ceil(1 << 20)
-        .checked_mul(1 << 20)
-        .ok_or_else(|| Failure(format!("-m {text}: too large")))?;
+    let rounded = bytes / (1 << 20) * (1 << 20);
     if !(MIN_MEMORY..=MAX_MEMORY).contains(&rounded) {
         return Err(Failure(format!(
             "-m {text}: memory must be between 4M and 1T"
@@ -408,10 +406,11 @@ mod tests {
     }
 
     #[test]
-    fn memory_rounds_up_to_mb_within_limits() {
+    fn memory_rounds_down_to_mb_within_limits() {
         assert_eq!(memory("512M"), Ok(512 << 20));
         assert_eq!(memory("1.5G"), Ok(3 << 29));
-        assert_eq!(memory("4000K"), Ok(4 << 20));
+        assert_eq!(memory("5000K"), Ok(4 << 20));
+        assert!(memory("4000K").is_err());
         assert!(memory("1M").is_err());
         assert!(memory("2T").is_err());
         assert!(memory("lots").unwrap_err().0.starts_with("-m: "));

@@ -297,24 +297,46 @@ impl Vmd {
         }
     }
 
-    /// Adds the VMs of `config` (names must be new unless `merge_running`:
-    /// then a running VM of the same name keeps running and its config is
-    /// taken for its next start) and makes its globals and switches
-    /// current. Returns the ids of the enabled VMs to start.
-    pub fn apply_config(&self, config: &Config, merge_running: bool) -> Result<Vec<u32>, Refusal> {
-        let mut specs = Vec::with_capacity(config.vms.len());
-        for vm in &config.vms {
-            let spec = VmSpec::from_conf(vm)
-                .map_err(|e| Refusal::new(ErrorKind::Invalid, e.to_string()))?;
-            specs.push(spec);
+    /// Applies `config` as `mode` says and returns the ids of its enabled
+    /// VMs, to start. Every VM of `config` is checked first: a refused
+    /// configuration changes nothing.
+    ///
+    /// - [`ConfigMode::Add`] (`vmctl load`): its VMs join the others (a
+    ///   name already known is refused), its switches join those in
+    ///   force; the global settings stay.
+    /// - [`ConfigMode::Replace`] (startup, `reload`, `reset`): stopped VMs
+    ///   are forgotten; a running VM the file names keeps running and takes
+    ///   the file's settings at its next start (its owner at once); one the
+    ///   file does not name is forgotten when it stops; globals and
+    ///   switches become the file's.
+    pub fn apply_config(&self, config: &Config, mode: ConfigMode) -> Result<Vec<u32>, Refusal> {
+        let specs = specs_of(config)?;
+        if let Err(missing) = super::conf::validate_paths(config) {
+            for line in missing.to_string().lines() {
+                log::warn!("{line} (that VM cannot start until it does)");
+            }
         }
         let mut state = self.lock();
-        if !merge_running {
-            if let Some(clash) = specs.iter().find(|s| state.vms.has_name(&s.name)) {
-                return Err(Refusal::new(
-                    ErrorKind::Invalid,
-                    format!("vm '{}' is already defined", clash.name),
-                ));
+        match mode {
+            ConfigMode::Add => {
+                if let Some(clash) = specs.iter().find(|s| state.vms.has_name(&s.name)) {
+                    return Err(Refusal::new(
+                        ErrorKind::Invalid,
+                        format!("vm '{}' is already defined", clash.name),
+                    ));
+                }
+            }
+            ConfigMode::Replace => {
+                let idle = state
+                    .vms
+                    .ids_where(|v| matches!(v.state, VmState::Stopped | VmState::Waiting));
+                for id in idle {
+                    state.vms.remove(id);
+                }
+                for vm in state.vms.iter_mut() {
+                    vm.spec.configured = false;
+                    vm.pending = None;
+                }
             }
         }
         let mut to_start = Vec::new();
@@ -344,8 +366,21 @@ impl Vmd {
                 }
             }
         }
-        state.globals = config.globals.clone();
-        state.switches = config.switches.clone();
+        match mode {
+            ConfigMode::Add => {
+                for switch in &config.switches {
+                    if !state.switches.iter().any(|s| s.name == switch.name) {
+                        state.switches.push(switch.clone());
+                    }
+                }
+            }
+            ConfigMode::Replace => {
+                state.globals = config.globals.clone();
+                state.switches = config.switches.clone();
+            }
+        }
+        drop(state);
+        self.notify();
         Ok(to_start)
     }
 
@@ -403,6 +438,51 @@ impl Vmd {
     pub fn is_live(&self, id: u32) -> bool {
         self.lock().vms.get(id).is_some_and(|v| is_live(v.state))
     }
+}
+
+/// How [`Vmd::apply_config`] combines a configuration with what runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigMode {
+    /// `vmctl load`: add to what is there.
+    Add,
+    /// Startup, `reload`, `reset`: the file is the configuration now.
+    Replace,
+}
+
+/// The specs of every VM of `config`, or the first that cannot be made.
+pub fn specs_of(config: &Config) -> Result<Vec<VmSpec>, Refusal> {
+    config
+        .vms
+        .iter()
+        .map(|vm| {
+            VmSpec::from_conf(vm).map_err(|e| {
+                Refusal::new(
+                    ErrorKind::Invalid,
+                    format!("{}:{}: {e}", vm.file.display(), vm.line),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Every name in `config` that does not resolve (VM owners, `socket
+/// owner`), one `file:line: message` (or `socket owner: ...`) each.
+pub fn resolve_errors(config: &Config) -> Vec<String> {
+    let mut errors: Vec<String> = config
+        .vms
+        .iter()
+        .filter_map(|vm| {
+            VmSpec::from_conf(vm)
+                .err()
+                .map(|e| format!("{}:{}: {e}", vm.file.display(), vm.line))
+        })
+        .collect();
+    if let Some(owner) = &config.globals.socket_owner {
+        if let Err(e) = super::access::resolve(owner) {
+            errors.push(format!("socket owner: {e}"));
+        }
+    }
+    errors
 }
 
 /// Binds a unix socket only root can connect to.

@@ -54,29 +54,30 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         }
     }
-    let config =
-        conf::parse_config(&cli.file, &defines).and_then(|c| conf::validate_paths(&c).map(|()| c));
-    let config = match (config, cli.check_only) {
-        (Ok(_), true) => {
-            println!("configuration OK");
-            return ExitCode::SUCCESS;
-        }
-        (Ok(c), false) => c,
-        (Err(errors), _) => {
-            eprint!("{errors}");
-            if !errors.to_string().ends_with('\n') {
-                eprintln!();
-            }
+    let config = match conf::parse_config(&cli.file, &defines) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("{errors}");
             return ExitCode::FAILURE;
         }
     };
-    if !cli.foreground {
-        if let Err(e) = nix::unistd::daemon(false, false) {
-            eprintln!("vmd: cannot detach: {e}");
-            return ExitCode::FAILURE;
+    // What the file names must exist and resolve: errors for -n; at
+    // startup a missing image only fails its own VM (logged below).
+    let missing = conf::validate_paths(&config).err();
+    let unresolved = daemon::resolve_errors(&config);
+    if cli.check_only {
+        let mut problems: Vec<String> = missing.iter().map(|e| e.to_string()).collect();
+        problems.extend(unresolved);
+        if problems.is_empty() {
+            println!("configuration OK");
+            return ExitCode::SUCCESS;
         }
-        // SAFETY: no other thread exists yet (set_var's precondition).
-        unsafe { std::env::set_var(ipc::logger::SYSLOG_ENV, "1") };
+        eprintln!("{}", problems.join("\n"));
+        return ExitCode::FAILURE;
+    }
+    if !unresolved.is_empty() {
+        eprintln!("{}", unresolved.join("\n"));
+        return ExitCode::FAILURE;
     }
     // SIGHUP, SIGTERM and SIGINT are taken by a thread of their own
     // (sigwait); block them before any other thread (the logger's first)
@@ -89,8 +90,41 @@ pub fn run(cli: Cli) -> ExitCode {
         eprintln!("vmd: cannot block signals: {e}");
         return ExitCode::FAILURE;
     }
+    // Bind before detaching, so that "already running" reaches the caller.
+    let socket = ipc::control::socket_path();
+    let listener = match server::bind(&socket, config.globals.socket_owner.as_ref()) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("vmd: {}", ipc::error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    if !cli.foreground {
+        // Keep the working directory: relative paths mean the same with
+        // and without -d.
+        if let Err(e) = nix::unistd::daemon(true, false) {
+            eprintln!("vmd: cannot detach: {e}");
+            let _ = std::fs::remove_file(&socket);
+            return ExitCode::FAILURE;
+        }
+        // SAFETY: no other thread exists yet (set_var's precondition).
+        unsafe { std::env::set_var(ipc::logger::SYSLOG_ENV, "1") };
+    }
     ipc::logger::init("vmd", level);
-    match serve(&cli, defines, config, LogLevel::from_filter(level), signals) {
+    if let Some(missing) = missing {
+        for line in missing.to_string().lines() {
+            log::warn!("{line} (that VM cannot start until it does)");
+        }
+    }
+    let startup = Startup {
+        defines,
+        config,
+        level: LogLevel::from_filter(level),
+        signals,
+        socket,
+        listener,
+    };
+    match serve(&cli, startup) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             log::error!("{message}");
@@ -99,22 +133,31 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn serve(
-    cli: &Cli,
+/// What `run` hands to `serve`.
+struct Startup {
     defines: Vec<(String, String)>,
     config: conf::Config,
     level: LogLevel,
     signals: SigSet,
-) -> Result<(), String> {
-    let socket = ipc::control::socket_path();
+    socket: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+}
+
+fn serve(cli: &Cli, startup: Startup) -> Result<(), String> {
+    let Startup {
+        defines,
+        config,
+        level,
+        signals,
+        socket,
+        listener,
+    } = startup;
     let run_dir = socket
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/vmd"));
     let monitor = crate::device_proc::sibling_binary("vmm-monitor").map_err(|e| e.to_string())?;
     let conf_path = std::fs::canonicalize(&cli.file).unwrap_or_else(|_| cli.file.clone());
-    let listener = server::bind(&socket, config.globals.socket_owner.as_ref())
-        .map_err(|e| ipc::error_chain(&e))?;
     let vmd = Vmd::new(
         Settings {
             conf_path,
@@ -125,7 +168,9 @@ fn serve(
         level,
     );
     let adopted = adopt::adopt_all(&vmd, &run_dir);
-    let to_start = vmd.apply_config(&config, true).map_err(|r| r.message)?;
+    let to_start = vmd
+        .apply_config(&config, daemon::ConfigMode::Replace)
+        .map_err(|r| r.message)?;
     log::info!(
         "vmd started: {} vm(s) configured, {adopted} re-adopted, control socket {}",
         config.vms.len(),

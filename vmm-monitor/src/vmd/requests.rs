@@ -13,7 +13,7 @@ use ipc::control::{
 use ipc::monitor::{LogLevel, ToMonitor};
 
 use super::access::{owner_of_peer, Peer};
-use super::daemon::{Refusal, Vmd};
+use super::daemon::{specs_of, ConfigMode, Refusal, Vmd};
 use super::registry::is_live;
 use super::spec::VmSpec;
 
@@ -314,19 +314,17 @@ fn wait_for_end(vmd: &Vmd, id: u32, ends: u64) -> Response {
 }
 
 fn wait_vm(vmd: &Vmd, vm: &VmRef) -> Result<Response, Refusal> {
-    let (id, ends, live) = {
+    let (id, ends, live, name) = {
         let state = vmd.lock();
         let entry = state.vms.find(vm).ok_or_else(|| not_found(vm))?;
-        (
-            entry.id,
-            entry.ends,
-            is_live(entry.state) || entry.state == VmState::Starting,
-        )
+        let live =
+            is_live(entry.state) || matches!(entry.state, VmState::Starting | VmState::Waiting);
+        (entry.id, entry.ends, live, entry.spec.name.clone())
     };
     if !live {
         return Err(Refusal::new(
             ErrorKind::Invalid,
-            format!("vm {vm} is not running"),
+            format!("vm '{name}' is not running"),
         ));
     }
     Ok(wait_for_end(vmd, id, ends))
@@ -397,35 +395,21 @@ fn parse(vmd: &Vmd, path: &std::path::Path) -> Result<super::conf::Config, Refus
 
 fn load(vmd: &Arc<Vmd>, path: &std::path::Path) -> Result<Response, Refusal> {
     let config = parse(vmd, path)?;
-    let ids = vmd.apply_config(&config, false)?;
+    let ids = vmd.apply_config(&config, ConfigMode::Add)?;
     let count = config.vms.len();
     vmd.start_staggered(ids);
+    log::info!("loaded {count} vm(s) from {}", path.display());
     Ok(Response::Done(format!(
         "loaded {count} vm(s) from {}",
         path.display()
     )))
 }
 
-/// Drops stopped VMs and re-reads the configuration; running VMs keep
-/// theirs.
+/// Re-reads the configuration: stopped VMs are forgotten, running VMs
+/// keep running (see [`Vmd::apply_config`]).
 fn reload(vmd: &Arc<Vmd>) -> Result<Response, Refusal> {
     let config = parse(vmd, &vmd.settings.conf_path)?;
-    {
-        let mut state = vmd.lock();
-        for id in state
-            .vms
-            .ids_where(|v| v.state == VmState::Stopped || v.state == VmState::Waiting)
-        {
-            state.vms.remove(id);
-        }
-        // A running VM the new configuration no longer names goes away
-        // when it stops; one it names is marked configured again below.
-        for vm in state.vms.iter_mut() {
-            vm.spec.configured = false;
-            vm.pending = None;
-        }
-    }
-    let ids = vmd.apply_config(&config, true)?;
+    let ids = vmd.apply_config(&config, ConfigMode::Replace)?;
     vmd.start_staggered(ids);
     log::info!(
         "configuration reloaded from {}",
@@ -434,11 +418,13 @@ fn reload(vmd: &Arc<Vmd>) -> Result<Response, Refusal> {
     Ok(Response::Done("configuration reloaded".into()))
 }
 
-/// vmd's reset: `vms` and `all` terminate every VM and remove it,
+/// vmd's reset: `vms` and `all` terminate every VM and forget it,
 /// `switches` and `all` drop the switches; then the configuration is read
-/// again (its enabled VMs start).
+/// again (its enabled VMs start). The file is read and checked before
+/// anything is stopped: a broken file changes nothing.
 fn reset(vmd: &Arc<Vmd>, target: ResetTarget) -> Result<Response, Refusal> {
     let config = parse(vmd, &vmd.settings.conf_path)?;
+    specs_of(&config)?;
     if matches!(target, ResetTarget::Vms | ResetTarget::All) {
         let live = vmd.lock().vms.ids_where(|v| is_live(v.state));
         let mut waits = Vec::new();
@@ -460,7 +446,7 @@ fn reset(vmd: &Arc<Vmd>, target: ResetTarget) -> Result<Response, Refusal> {
     if matches!(target, ResetTarget::Switches | ResetTarget::All) {
         vmd.lock().switches.clear();
     }
-    let ids = vmd.apply_config(&config, true)?;
+    let ids = vmd.apply_config(&config, ConfigMode::Replace)?;
     vmd.start_staggered(ids);
     Ok(Response::Done(
         match target {

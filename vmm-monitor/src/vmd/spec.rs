@@ -99,9 +99,12 @@ impl VmSpec {
             missing.push("a cdrom (not built yet)".into());
         }
         if let Some(device) = vm.boot_device {
-            missing.push(format!(
-                "boot device {device:?} (BIOS boot is not built yet)"
-            ));
+            let word = match device {
+                conf::BootDevice::Cdrom => "cdrom",
+                conf::BootDevice::Disk => "disk",
+                conf::BootDevice::Net => "net",
+            };
+            missing.push(format!("boot device {word} (BIOS boot is not built yet)"));
         }
         Ok(Self {
             name: vm.name.clone(),

@@ -630,3 +630,18 @@ fn cmdline_and_initrd_are_ours_and_inherited_under_boot() {
     let e = one_error("vm t { cmdline \"a\"; cmdline \"b\" }\n");
     assert!(e.contains("cmdline"), "{e}");
 }
+
+#[test]
+fn all_digit_vm_names_and_new_keywords_as_macros_are_refused() {
+    let e = one_error("vm \"42\" { }\n");
+    assert!(
+        e.starts_with("vm.conf:1:") && e.contains("all digits"),
+        "{e}"
+    );
+    // A switch may be all digits: vmctl never takes a switch as an id.
+    parse("switch \"42\" { }\n");
+    for keyword in ["cmdline", "initrd"] {
+        let e = one_error(&format!("{keyword}=\"x\"\n"));
+        assert!(e.starts_with("vm.conf:1:"), "{e}");
+    }
+}

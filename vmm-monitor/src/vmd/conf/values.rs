@@ -45,6 +45,19 @@ pub fn check_name(name: &str) -> Result<(), ErrorKind> {
     Ok(())
 }
 
+/// Checks a VM name: [`check_name`], and not all digits (vmctl reads an
+/// all-digit argument as a VM id, so such a VM could not be named).
+pub fn check_vm_name(name: &str) -> Result<(), ErrorKind> {
+    check_name(name)?;
+    if name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ErrorKind::BadName {
+            name: name.into(),
+            why: "all digits, which vmctl reads as a VM id",
+        });
+    }
+    Ok(())
+}
+
 /// Checks a Linux network interface name.
 pub fn check_ifname(name: &str) -> Result<(), ErrorKind> {
     let ok = !name.is_empty()

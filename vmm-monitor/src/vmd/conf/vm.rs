@@ -77,7 +77,7 @@ impl Parser {
         };
         // Check the header but parse the body anyway, to report its errors too.
         let mut ok = true;
-        if let Err(kind) = values::check_name(&name) {
+        if let Err(kind) = values::check_vm_name(&name) {
             self.error(name_pos, kind);
             ok = false;
         } else if self.config.vms.iter().any(|vm| vm.name == name) {
