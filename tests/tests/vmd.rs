@@ -41,32 +41,32 @@ fn root_or_skip(test: &str) -> bool {
     root
 }
 
+/// Runs `vmd -n [extra...] -f file` on `text` written to `file` in `dir`;
+/// returns the exit code and the output.
+fn vmd_n(dir: &Scratch, file: &str, text: &str, extra: &[&str]) -> (Option<i32>, String) {
+    let path = dir.path(file);
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(binary("vmd"))
+        .arg("-n")
+        .args(extra)
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
 #[test]
 fn vmd_n_reports_configuration_ok_or_every_error_with_file_and_line() {
     let dir = Scratch::new("vmd-n");
-    let good = dir.path("good.conf");
-    std::fs::write(&good, ticker("a", "")).unwrap();
-    let out = std::process::Command::new(binary("vmd"))
-        .args(["-n", "-f"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "configuration OK\n");
+    let (code, out) = vmd_n(&dir, "good.conf", &ticker("a", ""), &[]);
+    assert_eq!((code, out.as_str()), (Some(0), "configuration OK\n"));
 
-    let bad = dir.path("bad.conf");
-    std::fs::write(
-        &bad,
-        "vm a { memory 1X }\nvm a { }\nvm \"-b\" { }\nfrobnicate\nvm \"42\" { }\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(binary("vmd"))
-        .args(["-n", "-f"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let bad = "vm a { memory 1X }\nvm a { }\nvm \"-b\" { }\nfrobnicate\nvm \"42\" { }\n";
+    let (code, err) = vmd_n(&dir, "bad.conf", bad, &[]);
+    assert_eq!(code, Some(1));
     for line in [":1:", ":2:", ":3:", ":4:", ":5:"] {
         assert!(
             err.contains(&format!("bad.conf{line}")),
@@ -74,19 +74,10 @@ fn vmd_n_reports_configuration_ok_or_every_error_with_file_and_line() {
         );
     }
     // Syntax is fine here, but a disk is missing and an owner unknown.
-    let unresolved = dir.path("unresolved.conf");
-    std::fs::write(
-        &unresolved,
-        "socket owner :nosuchgroupxyz\nvm a { disk \"/nonexistent.img\" }\nvm b { owner nosuchuserxyz }\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(binary("vmd"))
-        .args(["-n", "-f"])
-        .arg(&unresolved)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let unresolved = "socket owner :nosuchgroupxyz\nvm a { disk \"/nonexistent.img\" }\n\
+                      vm b { owner nosuchuserxyz }\n";
+    let (code, err) = vmd_n(&dir, "unresolved.conf", unresolved, &[]);
+    assert_eq!(code, Some(1));
     for needle in [
         "unresolved.conf:2:",
         "/nonexistent.img",
@@ -96,18 +87,9 @@ fn vmd_n_reports_configuration_ok_or_every_error_with_file_and_line() {
         assert!(err.contains(needle), "{needle} missing in:\n{err}");
     }
     // -D overrides a macro of the file.
-    let macros = dir.path("macros.conf");
-    std::fs::write(&macros, "mem=\"1X\"\nvm a { memory $mem }\n").unwrap();
-    let out = std::process::Command::new(binary("vmd"))
-        .args(["-n", "-D", "mem=64M", "-f"])
-        .arg(&macros)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let macros = "mem=\"1X\"\nvm a { memory $mem }\n";
+    let (code, err) = vmd_n(&dir, "macros.conf", macros, &["-D", "mem=64M"]);
+    assert_eq!(code, Some(0), "{err}");
 }
 
 #[test]
