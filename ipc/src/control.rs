@@ -199,6 +199,10 @@ pub enum Request {
     Reset(ResetTarget),
     /// Set the log level of vmd and of every process of every VM.
     Log(LogVerbosity),
+    /// Attach to the VM's console (`vmctl console`): answered by
+    /// [`Response::Console`] with the pty's fd; the connection stays open
+    /// for as long as the client is attached, and its end detaches.
+    Console(VmRef),
 }
 
 /// A VM's state, as `vmctl status` shows it.
@@ -298,6 +302,16 @@ pub enum Response {
         name: String,
         /// How it ended, e.g. "guest powered off".
         how: String,
+    },
+    /// The console is yours: its pty (slave side) comes with this
+    /// message as the one fd.
+    Console {
+        /// The VM's id.
+        id: u32,
+        /// Its name.
+        name: String,
+        /// The pty's path, for messages.
+        tty: String,
     },
     /// The request failed; nothing was changed.
     Error {

@@ -12,6 +12,7 @@
 //!   [`IpcError`] for what can go wrong on the way.
 //! - [`fds`]: packing and taking SCM_RIGHTS control messages (libc
 //!   directly); received fds are owned and close-on-exec at once.
+//! - [`console`]: the monitor ↔ dev-console side channel (COM1 bytes, attach, detach).
 //! - [`control`]: vmctl ↔ vmd messages; VM names and references.
 //! - [`monitor`]: vmd ↔ monitor messages.
 //! - [`size`]: sizes as users write them (`512M`, `1.5G`).
@@ -19,6 +20,7 @@
 //!   request against.
 
 pub mod channel;
+pub mod console;
 pub mod control;
 pub mod fds;
 pub mod frame;
@@ -43,7 +45,7 @@ pub use peer::{peer_credentials, PeerCred};
 /// or retyped, an enum variant added or reordered — bincode encodes
 /// positions, not names). vmd re-adopts monitors started by an earlier vmd,
 /// so both ends may come from different builds.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// An error and each of its causes, joined by ": ", for the one line a
 /// process logs (and reports to its parent) before it exits.

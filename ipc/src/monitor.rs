@@ -149,6 +149,11 @@ pub enum ToMonitor {
     Stop,
     /// Set the log level of the monitor and its device processes.
     SetLogLevel(LogLevel),
+    /// A `vmctl console` client is about to read the pty: dev-console
+    /// drops what is queued there and replays its ring of recent output.
+    ConsoleAttach,
+    /// That client left: console output goes to the ring only.
+    ConsoleDetach,
 }
 
 /// Monitor to vmd.

@@ -10,6 +10,7 @@
 //! print a loud `SKIPPED` line straight to the terminal (past the test
 //! harness's output capture) and return.
 
+pub mod pty;
 pub mod vmd;
 
 use std::io::{Read, Write};

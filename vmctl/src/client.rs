@@ -45,4 +45,9 @@ impl Session {
     pub fn recv(&mut self) -> Result<Response, ClientError> {
         Ok(self.channel.recv::<Response>()?.0)
     }
+
+    /// The next response and the fds that came with it.
+    pub fn recv_with_fds(&mut self) -> Result<(Response, Vec<std::os::fd::OwnedFd>), ClientError> {
+        Ok(self.channel.recv::<Response>()?)
+    }
 }

@@ -96,11 +96,7 @@ pub fn run(command: &str, args: &[String]) -> Outcome {
         "reset" => reset(args),
         "log" => log(args),
         "create" => create(args),
-        "console" => Err(Failure(
-            "console: not yet: `vmctl console` arrives with dev-console; until then the VM's \
-             terminal (the TTY column of vmctl status) can be opened by root"
-                .into(),
-        )),
+        "console" => console(args),
         other => Err(Failure(format!("unknown command: {other}"))),
     }
 }
@@ -170,7 +166,6 @@ fn memory(text: &str) -> Result<u64, Failure> {
 fn start(args: &[String]) -> Outcome {
     let p = parse("start", args, "B:b:cd:i:Lm:n:r:t:")?;
     for (letter, what) in [
-        ('c', "-c (attach the console) arrives with dev-console"),
         ('L', "-L (local interface) arrives with dev-net"),
         ('i', "-i (network interfaces) arrives with dev-net"),
         ('n', "-n (switch) arrives with dev-net"),
@@ -201,6 +196,9 @@ fn start(args: &[String]) -> Outcome {
             match tty {
                 Some(tty) => say(&format!("started vm {id} successfully, tty {tty}")),
                 None => say(&format!("started vm {id} successfully")),
+            }
+            if p.flag('c') {
+                say(&crate::console::attach(&VmRef::Id(id))?);
             }
             Ok(())
         }
@@ -364,6 +362,13 @@ fn log(args: &[String]) -> Outcome {
     done(&Request::Log(level), "log")
 }
 
+fn console(args: &[String]) -> Outcome {
+    let p = parse("console", args, "")?;
+    let vm = one_vm("console", &p)?;
+    say(&crate::console::attach(&vm)?);
+    Ok(())
+}
+
 fn create(args: &[String]) -> Outcome {
     let p = parse("create", args, "b:i:s:")?;
     let [disk] = p.operands.as_slice() else {
@@ -433,8 +438,8 @@ mod tests {
             "{}",
             err.0
         );
-        let err = start(&["-c".into(), "web".into()]).unwrap_err();
-        assert!(err.0.contains("-c"), "{}", err.0);
+        let err = start(&["-n".into(), "sw".into(), "web".into()]).unwrap_err();
+        assert!(err.0.contains("-n"), "{}", err.0);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! - [`commands`]: the command table, each command's arguments, output.
 //! - [`getopt`]: POSIX-style option parsing.
 //! - [`client`]: one request to vmd over its control socket.
+//! - [`console`]: `vmctl console`: the terminal relay and its escapes.
 //! - [`output`]: the status table and its JSON form.
 //! - [`create`], [`progress`]: `vmctl create`, which needs no vmd.
 
 pub mod client;
 pub mod commands;
+pub mod console;
 pub mod create;
 pub mod getopt;
 pub mod output;

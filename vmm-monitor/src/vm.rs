@@ -118,6 +118,12 @@ pub enum VmError {
     /// A disk could not be attached.
     #[error(transparent)]
     Disk(#[from] disks::DiskError),
+    /// A device process could not be started.
+    #[error(transparent)]
+    DeviceProcess(#[from] crate::device_proc::DeviceProcessError),
+    /// A vhost-user device could not be connected.
+    #[error(transparent)]
+    VhostUser(#[from] crate::vhost_user::Error),
     /// A device did not fit on its bus.
     #[error("cannot place a device")]
     Bus(#[from] BusError),
@@ -270,6 +276,12 @@ impl Vm {
     /// COM1, for feeding it console input.
     pub fn com1(&self) -> Arc<Mutex<Serial>> {
         self.com1.clone()
+    }
+
+    /// Makes `process` one of this VM's device processes: it dies with the
+    /// VM and takes `vmctl log` levels.
+    pub fn add_device_process(&mut self, process: DeviceProcess) {
+        self.processes.push(process);
     }
 
     /// Handles to set the log level of each device process of this VM.

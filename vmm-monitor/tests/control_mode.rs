@@ -7,7 +7,8 @@
 //!
 //! Needs /dev/kvm and the test guest (`cd tests/guest && cargo build
 //! --release`, or `VMD_TEST_GUEST=path`); the disk tests also need the
-//! dev-block binary next to vmm-monitor (`cargo build -p dev-block`).
+//! dev-block binary next to vmm-monitor (`cargo build -p dev-block`), and
+//! every test the dev-console binary (`cargo build -p dev-console`).
 //! Without them a test prints a loud SKIPPED line and passes.
 
 use std::fs::File;
@@ -53,6 +54,14 @@ fn guest_or_skip(test: &str) -> Option<PathBuf> {
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../tests/guest/target/release/vmd-test-guest")
         });
+    let dev_console = Path::new(MONITOR).with_file_name("dev-console");
+    if !dev_console.is_file() {
+        loud(&format!(
+            "SKIPPED {test}: no dev-console at {} (cargo build -p dev-console)",
+            dev_console.display()
+        ));
+        return None;
+    }
     if !guest.is_file() {
         loud(&format!(
             "SKIPPED {test}: no test guest at {} (cd tests/guest && cargo build --release)",
@@ -271,11 +280,15 @@ impl FakeVmd {
         self.recv()
     }
 
+    /// Expects Started, then attaches to the console as vmd does for
+    /// `vmctl console`, so that dev-console writes to the pty the test
+    /// reads (replaying what came before).
     fn expect_started(&mut self) {
         match self.recv() {
             FromMonitor::Started { pid } => assert_eq!(pid, self.child.id()),
             other => panic!("expected Started, got {other:?}\n{}", self.log.get()),
         }
+        assert_eq!(self.request(ToMonitor::ConsoleAttach), FromMonitor::Done);
     }
 
     /// A new connection through the listening socket, after Hello.

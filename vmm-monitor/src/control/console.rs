@@ -1,144 +1,237 @@
-//! The console pty of a VM in control mode: COM1's output goes to the
-//! pty master without ever blocking a vCPU ([`ConsoleSink::lossy`]), and
-//! an input thread (`console-in`) feeds what is typed on the slave into
-//! COM1's receive FIFO.
+//! The console of a VM in control mode: a dev-console process per built
+//! VM, serving a virtio-console device over vhost-user and holding the pty
+//! vmd made, with COM1's bytes forwarded to it over a side channel
+//! (`ipc::console`), so that both merge into one console with one ring of
+//! recent output.
+//!
+//! ```text
+//! guest hvc0 ──virtio-console (vhost-user)──► dev-console ◄──► pty master ◄─ vmctl console
+//! guest COM1 ──ComOutput packets (side channel)─┘   │ ring of recent output
+//!           ◄──ComInput packets───────────────────────┘
+//! ```
 //!
 //! # Invariants
-//! - The master's file description is non-blocking (set by the first
-//!   sink); the input thread waits with poll(2), never in read(2).
-//! - The slave stays open as long as the [`Console`], so output written
-//!   while no user has the terminal open is buffered by the pty (and
-//!   dropped once that buffer is full) instead of failing with EIO.
-//! - Input is never dropped by the monitor: bytes that do not fit in the
-//!   UART's FIFO wait (and the thread stops reading the master, so the pty
-//!   buffers the rest) until the guest reads, or a rebuilt VM's COM1 is
-//!   attached after a reboot.
+//! - A vCPU never waits for the console: COM1 packets are sent without
+//!   blocking and dropped (counted) when the side channel is full.
+//! - The monitor keeps the pty (master and slave) for its whole life; each
+//!   dev-console gets dups. So the pty, and the terminal a client holds,
+//!   survive a reboot (which starts a new dev-console) and a dev-console
+//!   that dies.
+//! - Whether a client is attached is remembered here, and a new
+//!   dev-console is told at once, so output reaches an attached client
+//!   across reboots.
 
 use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipc::console::{Packet, MAX_BYTES};
+
+use crate::device_proc::{sibling_binary, DeviceProcess};
 use crate::devices::serial::{ConsoleSink, Serial};
+use crate::vhost_user::VhostUserDevice;
+use crate::vm::{Vm, VmError};
 
 use super::launch::ConsolePty;
 
-/// Bytes read from the master at a time.
-const READ_CHUNK: usize = 256;
-/// How long input waits before trying a full FIFO (or a VM being
-/// rebuilt) again: about 6 characters at 9600 baud.
+/// The virtio device ID of a console (virtio 1.2 §5).
+pub const VIRTIO_ID_CONSOLE: u32 = 3;
+/// receiveq0 and transmitq0: port 0 only, no multiport.
+const CONSOLE_QUEUES: u16 = 2;
+/// How long input waits before trying a full COM1 FIFO again: about 6
+/// characters at 9600 baud.
 const FIFO_RETRY: Duration = Duration::from_millis(5);
 
-type Com1Slot = Arc<Mutex<Option<Arc<Mutex<Serial>>>>>;
-
-/// A console pty and the thread feeding its input to the current COM1.
-pub struct Console {
-    master: File,
-    _slave: File,
-    com1: Com1Slot,
+/// The console for the monitor's life.
+pub struct ConsoleLink {
+    pty: ConsolePty,
+    attached: AtomicBool,
+    /// The side channel of the current dev-console.
+    side: Mutex<Option<Arc<OwnedFd>>>,
 }
 
-impl Console {
-    /// Takes the pty and starts the input thread.
-    pub fn start(pty: ConsolePty) -> io::Result<Self> {
-        let com1: Com1Slot = Arc::default();
-        // The sink makes the description non-blocking; do it before the
-        // input thread polls.
-        crate::devices::serial::set_nonblocking(&pty.master)?;
-        let reader = pty.master.try_clone()?;
-        let slot = com1.clone();
+/// A side channel made before the VM (COM1 needs its sink), waiting for
+/// its dev-console.
+pub struct PendingConsole {
+    ours: Arc<OwnedFd>,
+    theirs: OwnedFd,
+}
+
+impl ConsoleLink {
+    /// The console on `pty`, nobody attached.
+    pub fn new(pty: ConsolePty) -> Self {
+        Self {
+            pty,
+            attached: AtomicBool::new(false),
+            side: Mutex::new(None),
+        }
+    }
+
+    /// A new side channel, and the COM1 sink that feeds it.
+    pub fn prepare(&self) -> io::Result<(ConsoleSink, PendingConsole)> {
+        let (ours, theirs) = seqpacket_pair()?;
+        let sink = ConsoleSink::packets(File::from(ours.try_clone()?))?;
+        Ok((
+            sink,
+            PendingConsole {
+                ours: Arc::new(ours),
+                theirs,
+            },
+        ))
+    }
+
+    /// Starts dev-console for `vm` on `pending`'s side channel, adds the
+    /// virtio-console device, and feeds console input to COM1.
+    pub fn attach_to(&self, vm: &mut Vm, pending: PendingConsole) -> Result<(), VmError> {
+        let name = "console";
+        let os = |what| move |source| VmError::Os { what, source };
+        let (ours, theirs) =
+            UnixStream::pair().map_err(os("create the console's vhost-user socket"))?;
+        let program = sibling_binary("dev-console")?;
+        let args: Vec<String> = [
+            "--socket-fd",
+            "3",
+            "--pty-fd",
+            "4",
+            "--pty-slave-fd",
+            "5",
+            "--com-fd",
+            "6",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let fds = [
+            theirs.as_fd(),
+            self.pty.master.as_fd(),
+            self.pty.slave.as_fd(),
+            pending.theirs.as_fd(),
+        ];
+        let process = DeviceProcess::spawn(name, &program, &args, &fds, vm.events())?;
+        drop(theirs);
+        drop(pending.theirs);
+        let device = VhostUserDevice::connect(name, ours, VIRTIO_ID_CONSOLE, CONSOLE_QUEUES)?;
+        log::info!("console: served by dev-console pid {}", process.pid());
+        vm.add_device_process(process);
+        let slot = vm.add_virtio_device(Box::new(device))?;
+        log::info!("console: virtio-console at PCI 00:{slot:02x}.0");
+        let com1 = vm.com1();
+        let reader = pending.ours.clone();
         std::thread::Builder::new()
             .name("console-in".into())
-            .spawn(move || feed_input(reader, &slot))?;
-        Ok(Self {
-            master: pty.master,
-            _slave: pty.slave,
-            com1,
-        })
+            .spawn(move || feed_com1(&reader, &com1))
+            .map_err(os("start the console input thread"))?;
+        *self.side.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending.ours.clone());
+        if self.attached.load(Ordering::Acquire) {
+            send(&pending.ours, &Packet::Attach)
+                .map_err(os("tell the new dev-console a client is attached"))?;
+        }
+        Ok(())
     }
 
-    /// A COM1 sink for a new VM (a dup of the master).
-    pub fn sink(&self) -> io::Result<ConsoleSink> {
-        ConsoleSink::lossy(self.master.try_clone()?)
+    /// A client attached (`true`) or left: tells the current dev-console.
+    pub fn set_attached(&self, attached: bool) -> io::Result<()> {
+        self.attached.store(attached, Ordering::Release);
+        let side = self.side.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let packet = if attached {
+            Packet::Attach
+        } else {
+            Packet::Detach
+        };
+        match side {
+            Some(side) => send(&side, &packet),
+            // Between a reset and the rebuild: the new one is told.
+            None => Ok(()),
+        }
     }
 
-    /// Makes `com1` the UART that receives input (the VM just built).
-    pub fn attach(&self, com1: Arc<Mutex<Serial>>) {
-        *self.com1.lock().unwrap_or_else(|p| p.into_inner()) = Some(com1);
-    }
-
-    /// Stops input while no VM exists (between a reset and the rebuild).
-    pub fn detach(&self) {
-        *self.com1.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    /// The VM is gone (reset or end): its dev-console with it.
+    pub fn clear(&self) {
+        *self.side.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
-/// The input thread: master → COM1, for the process's life.
-fn feed_input(mut master: File, com1: &Com1Slot) {
-    let mut buf = [0u8; READ_CHUNK];
+/// A SOCK_SEQPACKET socketpair, close-on-exec.
+fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into the array it is given.
+    let ret = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends one packet, blocking (control packets are rare and small).
+fn send(side: &OwnedFd, packet: &Packet) -> io::Result<()> {
+    let wire = packet.encode();
+    // SAFETY: send reads `wire.len()` bytes from a live buffer.
+    let ret = unsafe {
+        libc::send(
+            side.as_raw_fd(),
+            wire.as_ptr().cast(),
+            wire.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The input thread of one dev-console: ComInput packets into COM1's
+/// receive FIFO, waiting while it is full, until the side channel closes.
+fn feed_com1(side: &OwnedFd, com1: &Mutex<Serial>) {
+    let mut buf = vec![0u8; MAX_BYTES + 1];
     loop {
-        if let Err(e) = wait_readable(&master) {
-            log::warn!("console input: poll failed: {e}; input stops");
-            return;
-        }
-        let n = match master.read(&mut buf) {
-            Ok(0) => {
-                // No slave open (cannot happen while we hold one): wait.
-                std::thread::sleep(FIFO_RETRY);
-                continue;
-            }
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
-            Err(e) => {
-                log::warn!("console input: read failed: {e}; input stops");
+        // SAFETY: recv writes at most `buf.len()` bytes into a live buffer.
+        let n = unsafe { libc::recv(side.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = match n {
+            0 => return,
+            n if n > 0 => n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::debug!("console input: {e}; input stops");
                 return;
             }
         };
-        let mut rest = &buf[..n];
+        let input = match Packet::decode(&buf[..n]) {
+            Ok(Packet::ComInput(bytes)) => bytes,
+            Ok(other) => {
+                log::warn!("console: dev-console sent {other:?}, which only the monitor sends");
+                continue;
+            }
+            Err(e) => {
+                log::warn!("console: {e}");
+                continue;
+            }
+        };
+        let mut rest = &input[..];
         while !rest.is_empty() {
-            let taken = match com1.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                Some(serial) => serial
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .enqueue_input(rest),
-                None => 0,
-            };
+            let taken = com1
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .enqueue_input(rest);
             rest = &rest[taken..];
             if taken == 0 {
                 std::thread::sleep(FIFO_RETRY);
             }
-        }
-    }
-}
-
-/// Waits until `file` has something to read (or hung up).
-fn wait_readable(file: &File) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd: file.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: poll on one live pollfd, for the count given.
-        let ret = unsafe { libc::poll(&mut pfd, 1, -1) };
-        if ret > 0 {
-            if pfd.revents & libc::POLLHUP != 0 && pfd.revents & libc::POLLIN == 0 {
-                // Nobody holds a slave: back off instead of spinning.
-                std::thread::sleep(FIFO_RETRY * 20);
-            }
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if ret < 0 && err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
         }
     }
 }

@@ -38,7 +38,7 @@ use crate::config::VmConfig;
 use crate::devices::serial::ConsoleSink;
 use crate::exit::{VmEvent, EXIT_HOST_ERROR};
 use crate::vm::{BootImages, Vm, VmError};
-use console::Console;
+use console::ConsoleLink;
 use pause::PauseGate;
 use server::Shared;
 
@@ -61,7 +61,7 @@ struct Machine {
     kvm: Kvm,
     config: VmConfig,
     images: BootImages,
-    console: Option<Console>,
+    console: Option<Arc<ConsoleLink>>,
     gate: Arc<PauseGate>,
 }
 
@@ -73,19 +73,22 @@ impl Machine {
             what: "duplicate the kernel and initrd fds",
             source,
         })?;
-        let sink = match &self.console {
-            Some(console) => console.sink(),
-            None => ConsoleSink::stdout(),
-        }
-        .map_err(|source| VmError::Os {
+        let os = |source| VmError::Os {
             what: "set up the console",
             source,
-        })?;
+        };
+        let (sink, pending) = match &self.console {
+            Some(console) => {
+                let (sink, pending) = console.prepare().map_err(os)?;
+                (sink, Some(pending))
+            }
+            None => (ConsoleSink::stdout().map_err(os)?, None),
+        };
         let mut vm = Vm::new(&self.kvm, &self.config, images, sink)?;
         vm.set_pause_gate(self.gate.clone());
         vm.attach_disks(&self.config)?;
-        if let Some(console) = &self.console {
-            console.attach(vm.com1());
+        if let (Some(console), Some(pending)) = (&self.console, pending) {
+            console.attach_to(&mut vm, pending)?;
         }
         let devices = vm.device_log_handles();
         // New device processes start at their default level: give them
@@ -120,12 +123,9 @@ pub fn run(fd: RawFd) -> i32 {
         plan.record.name,
         plan.record.id
     );
-    let console = match plan.console.map(Console::start).transpose() {
-        Ok(c) => c,
-        Err(e) => return fail(&mut chan, &format!("cannot start the console: {e}")),
-    };
+    let console = plan.console.map(|pty| Arc::new(ConsoleLink::new(pty)));
     let gate = Arc::new(PauseGate::new());
-    let shared = Shared::new(plan.record, gate.clone());
+    let shared = Shared::new(plan.record, gate.clone(), console.clone());
     let machine = Machine {
         kvm: plan.kvm,
         config: plan.config,
@@ -166,7 +166,7 @@ fn run_until_exit(machine: &Machine, shared: &Shared, first: Option<Vm>) -> i32 
             .unwrap_or_else(|e| VmEvent::HostError(ipc::error_chain(&e)));
         shared.clear_vm();
         if let Some(console) = &machine.console {
-            console.detach();
+            console.clear();
         }
         if event != VmEvent::Reboot {
             break event;

@@ -62,6 +62,7 @@ pub struct Shared {
     conn: Mutex<Option<Conn>>,
     vm: Mutex<VmSlot>,
     next_id: AtomicU64,
+    console: Option<Arc<super::console::ConsoleLink>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,13 +71,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     /// State for the VM `record`, whose vCPUs park at `gate`.
-    pub fn new(record: VmRecord, gate: Arc<PauseGate>) -> Arc<Self> {
+    pub fn new(
+        record: VmRecord,
+        gate: Arc<PauseGate>,
+        console: Option<Arc<super::console::ConsoleLink>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             record,
             gate,
             conn: Mutex::new(None),
             vm: Mutex::new(VmSlot::default()),
             next_id: AtomicU64::new(1),
+            console,
         })
     }
 
@@ -245,6 +251,22 @@ impl Shared {
                 FromMonitor::Done
             }
             ToMonitor::SetLogLevel(level) => self.set_log_level(level.filter()),
+            ToMonitor::ConsoleAttach | ToMonitor::ConsoleDetach => {
+                let attach = matches!(request, ToMonitor::ConsoleAttach);
+                match &self.console {
+                    None => FromMonitor::Failed("this VM has no console".into()),
+                    Some(console) => match console.set_attached(attach) {
+                        Ok(()) => {
+                            log::info!(
+                                "console {} by vmd",
+                                if attach { "attached" } else { "detached" }
+                            );
+                            FromMonitor::Done
+                        }
+                        Err(e) => FromMonitor::Failed(format!("cannot reach dev-console: {e}")),
+                    },
+                }
+            }
             ToMonitor::Launch(_) | ToMonitor::Disk(_) | ToMonitor::Run => {
                 FromMonitor::Failed("the VM is already running".into())
             }

@@ -282,6 +282,7 @@ impl Vmd {
                 vm.state = VmState::Stopped;
                 vm.link = None;
                 vm.tty = None;
+                vm.console_client = None;
                 vm.ends += 1;
                 vm.last_end = Some(how);
                 if let Some(spec) = vm.pending.take() {

@@ -36,6 +36,8 @@ pub struct VmEntry {
     pub last_end: Option<String>,
     /// A configuration read while it ran, taken for its next start.
     pub pending: Option<VmSpec>,
+    /// The pid of the `vmctl console` attached, if one is.
+    pub console_client: Option<i32>,
 }
 
 impl VmEntry {
@@ -101,6 +103,7 @@ impl Registry {
                 ends: 0,
                 last_end: None,
                 pending: None,
+                console_client: None,
             },
         );
     }

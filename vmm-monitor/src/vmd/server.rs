@@ -117,6 +117,9 @@ fn connection(vmd: &Arc<Vmd>, stream: UnixStream) {
         }
     };
     log::debug!("control: uid {} pid {}: {request:?}", peer.uid, peer.pid);
+    if let Request::Console(vm) = &request {
+        return console(vmd, &peer, vm, channel);
+    }
     let mut reply = |response: Response| {
         if let Err(e) = channel.send(&response, &[]) {
             log::debug!(
@@ -127,4 +130,35 @@ fn connection(vmd: &Arc<Vmd>, stream: UnixStream) {
         }
     };
     requests::handle(vmd, &peer, request, &mut reply);
+}
+
+/// `vmctl console`: the pty's slave goes to the client with the answer;
+/// the connection then stays open while the client is attached, and its
+/// end (detach, or the client killed) detaches.
+fn console(vmd: &Arc<Vmd>, peer: &Peer, vm: &ipc::control::VmRef, mut channel: Channel) {
+    use std::os::fd::AsFd;
+    let session = match requests::console_attach(vmd, peer, vm) {
+        Ok(session) => session,
+        Err(r) => {
+            let _ = channel.send(
+                &Response::Error {
+                    kind: r.kind,
+                    message: r.message,
+                },
+                &[],
+            );
+            return;
+        }
+    };
+    let answer = Response::Console {
+        id: session.id,
+        name: session.name.clone(),
+        tty: session.tty.clone(),
+    };
+    let sent = channel.send(&answer, &[session.slave.as_fd()]);
+    if sent.is_ok() && channel.set_read_timeout(None).is_ok() {
+        // Whatever comes next, or the end, means the client is done.
+        let _ = channel.recv::<Request>();
+    }
+    requests::console_detach(vmd, session);
 }

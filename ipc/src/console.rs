@@ -1,0 +1,136 @@
+//! The side channel between a monitor and its dev-console process.
+//!
+//! A SOCK_SEQPACKET socketpair; each packet is one tag byte and, for the
+//! byte-stream tags, up to [`MAX_BYTES`] bytes of payload:
+//!
+//! | tag | direction | meaning |
+//! | --- | --- | --- |
+//! | [`Packet::ComOutput`] `0x01` | monitor → dev-console | bytes the guest wrote to COM1 |
+//! | [`Packet::Attach`] `0x02` | monitor → dev-console | a client attaches: drop what is queued in the pty, replay the ring from its oldest byte, then follow live output |
+//! | [`Packet::Detach`] `0x03` | monitor → dev-console | the client left: output goes to the ring only |
+//! | [`Packet::ComInput`] `0x04` | dev-console → monitor | bytes typed at the console, for COM1's receive FIFO |
+//!
+//! The monitor sends without blocking and drops a packet the socket has no
+//! room for (a vCPU never waits for the console); nothing else is lost on
+//! the way, since a seqpacket socket keeps packets whole.
+
+/// Most payload bytes in one packet.
+pub const MAX_BYTES: usize = 4096;
+
+/// One packet of the side channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    /// Guest output on COM1.
+    ComOutput(Vec<u8>),
+    /// A client attaches.
+    Attach,
+    /// The client detached.
+    Detach,
+    /// Console input for COM1.
+    ComInput(Vec<u8>),
+}
+
+/// Why a packet is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PacketError {
+    /// No tag byte.
+    #[error("empty console packet")]
+    Empty,
+    /// An unknown tag.
+    #[error("unknown console packet tag {0:#04x}")]
+    UnknownTag(u8),
+    /// More payload than [`MAX_BYTES`], or payload on a tag without one.
+    #[error("console packet of {len} bytes with tag {tag:#04x} is malformed")]
+    BadLength {
+        /// The tag.
+        tag: u8,
+        /// The packet's length.
+        len: usize,
+    },
+}
+
+const COM_OUTPUT: u8 = 0x01;
+const ATTACH: u8 = 0x02;
+const DETACH: u8 = 0x03;
+const COM_INPUT: u8 = 0x04;
+
+impl Packet {
+    /// The packet on the wire.
+    ///
+    /// # Panics
+    /// Never for payloads of at most [`MAX_BYTES`]; callers split longer
+    /// ones (see [`Packet::chunks`]).
+    pub fn encode(&self) -> Vec<u8> {
+        let (tag, payload): (u8, &[u8]) = match self {
+            Packet::ComOutput(bytes) => (COM_OUTPUT, bytes),
+            Packet::Attach => (ATTACH, &[]),
+            Packet::Detach => (DETACH, &[]),
+            Packet::ComInput(bytes) => (COM_INPUT, bytes),
+        };
+        debug_assert!(payload.len() <= MAX_BYTES);
+        let mut wire = Vec::with_capacity(1 + payload.len());
+        wire.push(tag);
+        wire.extend_from_slice(payload);
+        wire
+    }
+
+    /// Reads a packet from the wire.
+    pub fn decode(wire: &[u8]) -> Result<Self, PacketError> {
+        let (&tag, payload) = wire.split_first().ok_or(PacketError::Empty)?;
+        let bad = || PacketError::BadLength {
+            tag,
+            len: wire.len(),
+        };
+        match tag {
+            COM_OUTPUT | COM_INPUT if payload.is_empty() || payload.len() > MAX_BYTES => Err(bad()),
+            COM_OUTPUT => Ok(Packet::ComOutput(payload.to_vec())),
+            COM_INPUT => Ok(Packet::ComInput(payload.to_vec())),
+            ATTACH | DETACH if !payload.is_empty() => Err(bad()),
+            ATTACH => Ok(Packet::Attach),
+            DETACH => Ok(Packet::Detach),
+            other => Err(PacketError::UnknownTag(other)),
+        }
+    }
+
+    /// `bytes` as packets made by `make`, each at most [`MAX_BYTES`].
+    pub fn chunks(bytes: &[u8], make: fn(Vec<u8>) -> Packet) -> impl Iterator<Item = Packet> + '_ {
+        bytes.chunks(MAX_BYTES).map(move |c| make(c.to_vec()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packets_round_trip() {
+        for p in [
+            Packet::ComOutput(b"hello".to_vec()),
+            Packet::Attach,
+            Packet::Detach,
+            Packet::ComInput(vec![0; MAX_BYTES]),
+        ] {
+            assert_eq!(Packet::decode(&p.encode()), Ok(p));
+        }
+    }
+
+    #[test]
+    fn malformed_packets_are_refused() {
+        assert_eq!(Packet::decode(&[]), Err(PacketError::Empty));
+        assert_eq!(Packet::decode(&[9]), Err(PacketError::UnknownTag(9)));
+        assert!(Packet::decode(&[COM_OUTPUT]).is_err());
+        assert!(Packet::decode(&[ATTACH, 1]).is_err());
+        let mut big = vec![COM_INPUT];
+        big.extend(vec![0; MAX_BYTES + 1]);
+        assert!(Packet::decode(&big).is_err());
+    }
+
+    #[test]
+    fn long_streams_split_into_full_packets() {
+        let bytes = vec![7u8; MAX_BYTES * 2 + 1];
+        let sizes: Vec<usize> = Packet::chunks(&bytes, Packet::ComOutput)
+            .map(|p| p.encode().len() - 1)
+            .collect();
+        assert_eq!(sizes, [MAX_BYTES, MAX_BYTES, 1]);
+    }
+}
