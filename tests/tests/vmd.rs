@@ -426,7 +426,7 @@ fn bad_requests_get_one_clear_error_and_vmd_keeps_serving() {
     let mut raw = std::os::unix::net::UnixStream::connect(vmd.socket()).unwrap();
     let mut header = Vec::new();
     header.extend_from_slice(b"vmdI");
-    header.extend_from_slice(&[1, 0, 0, 0]);
+    header.extend_from_slice(&[2, 0, 0, 0]); // version 2 (ipc::PROTOCOL_VERSION), flags 0
     header.extend_from_slice(&u32::MAX.to_le_bytes());
     header.extend_from_slice(&[0, 0, 0, 0]);
     let _ = raw.write_all(&header);
