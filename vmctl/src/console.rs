@@ -3,8 +3,10 @@
 //! vmd checks the right and answers with the console pty's slave side as
 //! an fd; this process then copies the terminal to the pty and back, with
 //! the terminal in raw mode, until `~.` is typed at the start of a line,
-//! the terminal ends, or the VM stops (the pty hangs up). Closing the
-//! control connection is what detaches: vmd notices it however vmctl ends.
+//! or the VM stops (the pty hangs up). When the input ends (not a terminal:
+//! `vmctl console web < /dev/null > web.log`), output is still copied until
+//! the VM stops. Closing the control connection is what detaches: vmd
+//! notices it however vmctl ends.
 //!
 //! Escapes, recognised only right after a newline, a carriage return or
 //! the start of the session: `~.` detaches, `~?` lists the escapes, `~~`
@@ -43,7 +45,6 @@ pub fn attach(vm: &VmRef) -> Result<String, Failure> {
     drop(session);
     match end {
         Ok(End::Detached) => Ok(format!("detached from vm {name}")),
-        Ok(End::InputClosed) => Ok(format!("input closed; detached from vm {name}")),
         Ok(End::HungUp) => Ok(format!("the console of vm {name} closed (the vm stopped)")),
         Err(e) => Err(Failure(format!("console of vm {name}: {e}"))),
     }
@@ -54,8 +55,6 @@ pub fn attach(vm: &VmRef) -> Result<String, Failure> {
 pub enum End {
     /// `~.`.
     Detached,
-    /// The terminal's input ended.
-    InputClosed,
     /// The pty hung up.
     HungUp,
 }
@@ -131,10 +130,12 @@ fn relay(pty: OwnedFd, out: &mut dyn Write) -> io::Result<End> {
     let input = unsafe { BorrowedFd::borrow_raw(stdin.as_raw_fd()) };
     let mut escapes = Escapes::new();
     let mut buf = [0u8; 4096];
+    let mut input_open = true;
     loop {
         let mut fds = [
             libc::pollfd {
-                fd: input.as_raw_fd(),
+                // A negative fd is ignored by poll: input has ended.
+                fd: if input_open { input.as_raw_fd() } else { -1 },
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -168,7 +169,10 @@ fn relay(pty: OwnedFd, out: &mut dyn Write) -> io::Result<End> {
         }
         if fds[0].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
             let n = match read_fd(input.as_raw_fd(), &mut buf) {
-                Ok(0) => return Ok(End::InputClosed),
+                Ok(0) => {
+                    input_open = false;
+                    continue;
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),

@@ -11,8 +11,9 @@
 //! ```
 //!
 //! # Invariants
-//! - A vCPU never waits for the console: COM1 packets are sent without
-//!   blocking and dropped (counted) when the side channel is full.
+//! - A vCPU never waits for the console: COM1's bytes go into a bounded
+//!   queue (`devices::com_queue`) that a forwarder thread sends in
+//!   packets of up to 4 KiB; what does not fit is dropped and counted.
 //! - The monitor keeps the pty (master and slave) for its whole life; each
 //!   dev-console gets dups. So the pty, and the terminal a client holds,
 //!   survive a reboot (which starts a new dev-console) and a dev-console
@@ -21,7 +22,6 @@
 //!   dev-console is told at once, so output reaches an attached client
 //!   across reboots.
 
-use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -32,6 +32,7 @@ use std::time::Duration;
 use ipc::console::{Packet, MAX_BYTES};
 
 use crate::device_proc::{sibling_binary, DeviceProcess};
+use crate::devices::com_queue::ComQueue;
 use crate::devices::serial::{ConsoleSink, Serial};
 use crate::vhost_user::VhostUserDevice;
 use crate::vm::{Vm, VmError};
@@ -74,14 +75,9 @@ impl ConsoleLink {
     /// A new side channel, and the COM1 sink that feeds it.
     pub fn prepare(&self) -> io::Result<(ConsoleSink, PendingConsole)> {
         let (ours, theirs) = seqpacket_pair()?;
-        let sink = ConsoleSink::packets(File::from(ours.try_clone()?))?;
-        Ok((
-            sink,
-            PendingConsole {
-                ours: Arc::new(ours),
-                theirs,
-            },
-        ))
+        let ours = Arc::new(ours);
+        let sink = ConsoleSink::queued(ComQueue::start(ours.clone())?)?;
+        Ok((sink, PendingConsole { ours, theirs }))
     }
 
     /// Starts dev-console for `vm` on `pending`'s side channel, adds the

@@ -43,8 +43,8 @@ pub struct ConsoleSink {
     lossy: bool,
     /// Bytes dropped so far (lossy sinks).
     dropped: u64,
-    /// A dev-console side channel: each write is one `ComOutput` packet.
-    packets: bool,
+    /// COM1 → dev-console: writes go to this queue instead of `file`.
+    queue: Option<std::sync::Arc<super::com_queue::ComQueue>>,
 }
 
 impl ConsoleSink {
@@ -66,20 +66,18 @@ impl ConsoleSink {
             file,
             lossy: false,
             dropped: 0,
-            packets: false,
+            queue: None,
         }
     }
 
-    /// A sink sending each write as an `ipc::console` `ComOutput` packet
-    /// on a dev-console side channel (a seqpacket socket), without ever
-    /// blocking: a packet the socket has no room for, or that finds
-    /// dev-console gone, is dropped and counted.
-    pub fn packets(file: File) -> io::Result<Self> {
+    /// A sink feeding `queue` (COM1 → dev-console), never blocking: see
+    /// [`super::com_queue`]. The queue is closed when the sink is dropped.
+    pub fn queued(queue: std::sync::Arc<super::com_queue::ComQueue>) -> io::Result<Self> {
         Ok(Self {
-            file,
+            file: File::open("/dev/null")?,
             lossy: true,
             dropped: 0,
-            packets: true,
+            queue: Some(queue),
         })
     }
 
@@ -92,7 +90,7 @@ impl ConsoleSink {
             file,
             lossy: true,
             dropped: 0,
-            packets: false,
+            queue: None,
         })
     }
 
@@ -116,35 +114,19 @@ pub fn set_nonblocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
-impl ConsoleSink {
-    /// Sends `buf` (at most one packet's worth) as a `ComOutput` packet.
-    fn send_packet(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let len = buf.len().min(ipc::console::MAX_BYTES);
-        let wire = ipc::console::Packet::ComOutput(buf[..len].to_vec()).encode();
-        // SAFETY: send reads `wire.len()` bytes from a live buffer.
-        let ret = unsafe {
-            libc::send(
-                self.file.as_raw_fd(),
-                wire.as_ptr().cast(),
-                wire.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if ret < 0 {
-            if self.dropped == 0 {
-                let e = io::Error::last_os_error();
-                log::debug!("console: dropping COM1 output ({e})");
-            }
-            self.dropped += len as u64;
+impl Drop for ConsoleSink {
+    fn drop(&mut self) {
+        if let Some(queue) = &self.queue {
+            queue.close();
         }
-        Ok(len)
     }
 }
 
 impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.packets {
-            return self.send_packet(buf);
+        if let Some(queue) = &self.queue {
+            queue.push(buf);
+            return Ok(buf.len());
         }
         match self.file.write(buf) {
             Err(e) if self.lossy && e.kind() == io::ErrorKind::WouldBlock => {

@@ -583,23 +583,31 @@ pub fn console_attach(vmd: &Vmd, peer: &Peer, vm: &VmRef) -> Result<ConsoleSessi
     })
 }
 
-/// The client of `session` left.
+/// The client of `session` left. dev-console is told before the console
+/// counts as free, so that a new client's attach can never be overtaken
+/// by this detach.
 pub fn console_detach(vmd: &Vmd, session: ConsoleSession) {
-    let mut state = vmd.lock();
-    let ours = state
+    let ours = vmd
+        .lock()
         .vms
-        .get_mut(session.id)
-        .filter(|e| e.console_client == Some(session.client));
-    if let Some(entry) = ours {
-        entry.console_client = None;
-        drop(state);
-        if let Err(e) = session.link.request(&ToMonitor::ConsoleDetach) {
-            log::debug!(
-                "vm {}: console detach: {}",
-                session.id,
-                ipc::error_chain(&e)
-            );
-        }
-        log::info!("vm {} ({}): console detached", session.id, session.name);
+        .get(session.id)
+        .is_some_and(|e| e.console_client == Some(session.client));
+    if !ours {
+        return;
     }
+    if let Err(e) = session.link.request(&ToMonitor::ConsoleDetach) {
+        log::debug!(
+            "vm {}: console detach: {}",
+            session.id,
+            ipc::error_chain(&e)
+        );
+    }
+    let mut state = vmd.lock();
+    if let Some(entry) = state.vms.get_mut(session.id) {
+        if entry.console_client == Some(session.client) {
+            entry.console_client = None;
+        }
+    }
+    drop(state);
+    log::info!("vm {} ({}): console detached", session.id, session.name);
 }

@@ -15,6 +15,7 @@ mod blk_discard;
 mod blk_id;
 mod blk_ro;
 mod blk_rw;
+mod console;
 mod echo;
 mod fault;
 mod hello;
@@ -49,6 +50,7 @@ const ALL: &[Scenario] = &[
     blk_bench::SCENARIO,
     ticker::SCENARIO,
     echo::SCENARIO,
+    console::SCENARIO,
 ];
 
 /// Scenario run when the command line names none.
@@ -83,7 +85,8 @@ impl Reason {
         reason
     }
 
-    fn as_str(&self) -> &str {
+    /// The reason's text.
+    pub fn as_str(&self) -> &str {
         let bytes = &self.buf[..usize::from(self.len)];
         match core::str::from_utf8(bytes) {
             Ok(s) => s,
@@ -118,6 +121,13 @@ impl From<&str> for Reason {
 #[macro_export]
 macro_rules! fail {
     ($($arg:tt)*) => { return Err($crate::scenarios::Reason::new(format_args!($($arg)*))) };
+}
+
+/// Prints the PASS line now, for a scenario that keeps running after it
+/// has passed (it must never return then: `run` would print a second
+/// verdict).
+pub fn print_pass(ctx: &Ctx) {
+    crate::println!("VMDT PASS {}", ctx.name);
 }
 
 /// Name of the running scenario (for the panic handler).

@@ -1,10 +1,12 @@
 //! virtio 1.x (modern) over PCI, driven at CPL3: the PCI transport
-//! (`transport`), split virtqueues (`queue`) and the block device (`blk`).
+//! (`transport`), split virtqueues (`queue`), the block device (`blk`) and
+//! the console (`console`, port 0 only).
 //!
 //! Everything is in guest RAM or in BARs identity mapped by `paging`/`pci`,
 //! so guest-physical addresses are used directly as pointers.
 
 pub mod blk;
+pub mod console;
 pub mod queue;
 pub mod transport;
 
@@ -12,6 +14,8 @@ pub mod transport;
 pub const VENDOR: u16 = 0x1AF4;
 /// Device type of a block device.
 pub const TYPE_BLOCK: u16 = 2;
+/// Device type of a console.
+pub const TYPE_CONSOLE: u16 = 3;
 
 /// Device status bits.
 pub const STATUS_ACKNOWLEDGE: u8 = 1;

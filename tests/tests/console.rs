@@ -1,0 +1,177 @@
+//! The console end to end: dev-console behind the test guest's hvc0 and
+//! COM1, `vmctl console` driven through a pty as a user would.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use vmd_tests::pty::Terminal;
+use vmd_tests::vmd::Vmd;
+use vmd_tests::{kvm_or_skip, Scratch, TEST_GUEST};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+const SLOW: Duration = Duration::from_secs(60);
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A VM running the `console` scenario with `args`, staying up after it.
+fn console_vm(name: &str, args: &str) -> String {
+    format!(
+        "vm \"{name}\" {{\n boot \"{TEST_GUEST}\"\n cmdline \"test=console wait=1 {args}\"\n memory 32M\n disable\n}}\n"
+    )
+}
+
+fn attach(vmd: &Vmd, name: &str) -> Terminal {
+    Terminal::spawn(vmd.vmctl_command(&["console", name]))
+}
+
+#[test]
+fn vmctl_console_shows_history_echoes_a_typed_line_and_detaches() {
+    if !kvm_or_skip("vmctl_console_shows_history_echoes_a_typed_line_and_detaches") {
+        return;
+    }
+    let _one = serial();
+    let dir = Scratch::new("console-echo");
+    let vmd = Vmd::start(dir.path("").as_path(), &console_vm("c", ""));
+    vmd.vmctl(&["start", "c"]).ok();
+    // Attach a while after the start: what the guest printed before must
+    // still show.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut term = attach(&vmd, "c");
+    term.expect("Connected to /dev/pts/", SLOW);
+    term.expect("VMDT BEGIN console", SLOW);
+    term.expect("hvc=hello-from-hvc0", SLOW);
+    term.expect("com1=hello-from-com1", SLOW);
+    term.expect("VMDT console ready", SLOW);
+    term.type_bytes(b"hello there\r");
+    term.expect("echo=hello_there", SLOW);
+    term.expect("VMDT PASS console", SLOW);
+    // A second client is refused while this one is attached.
+    let second = vmd.vmctl(&["console", "c"]);
+    second.fails_with("in use by another vmctl");
+    term.type_bytes(b"\r~.");
+    assert_eq!(term.wait(SLOW), Some(0), "{}", term.seen());
+    assert!(
+        term.seen().contains("detached from vm c"),
+        "{}",
+        term.seen()
+    );
+    assert_eq!(vmd.row("c").state, "running");
+
+    // Attach again: the history (ring) is replayed, and live output flows.
+    let mut again = attach(&vmd, "c");
+    again.expect("hvc=hello-from-hvc0", SLOW);
+    again.expect("echo=hello_there", SLOW);
+    let before = again.seen().matches("alive n=").count();
+    let start = std::time::Instant::now();
+    while again.seen().matches("alive n=").count() <= before + 1 {
+        assert!(start.elapsed() < SLOW, "no live output:\n{}", again.seen());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    again.type_bytes(b"~.");
+    assert_eq!(again.wait(SLOW), Some(0));
+}
+
+#[test]
+fn a_killed_terminal_leaves_the_console_usable() {
+    if !kvm_or_skip("a_killed_terminal_leaves_the_console_usable") {
+        return;
+    }
+    let _one = serial();
+    let dir = Scratch::new("console-kill");
+    let vmd = Vmd::start(dir.path("").as_path(), &console_vm("k", ""));
+    vmd.vmctl(&["start", "k"]).ok();
+    let mut first = attach(&vmd, "k");
+    first.expect("VMDT console ready", SLOW);
+    // The terminal goes away under vmctl.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    drop(first);
+    // The next attach works (vmd noticed the end) and the guest is fine.
+    let start = std::time::Instant::now();
+    let mut next = loop {
+        let mut t = attach(&vmd, "k");
+        std::thread::sleep(Duration::from_millis(300));
+        if t.seen().contains("in use") {
+            assert!(start.elapsed() < SLOW, "the old client was never detached");
+            drop(t);
+            continue;
+        }
+        break t;
+    };
+    next.expect("VMDT console ready", SLOW);
+    next.type_bytes(b"again\r");
+    next.expect("echo=again", SLOW);
+    next.type_bytes(b"\r~.");
+    assert_eq!(next.wait(SLOW), Some(0));
+    assert_eq!(vmd.row("k").state, "running");
+}
+
+#[test]
+fn a_flood_of_output_keeps_the_ring_bounded_and_shows_the_tail() {
+    if !kvm_or_skip("a_flood_of_output_keeps_the_ring_bounded_and_shows_the_tail") {
+        return;
+    }
+    let _one = serial();
+    let dir = Scratch::new("console-flood");
+    let vmd = Vmd::start(dir.path("").as_path(), &console_vm("f", "lines=20000"));
+    vmd.vmctl(&["start", "f"]).ok();
+    // Nobody attached while the guest floods: it must not block.
+    let start = std::time::Instant::now();
+    let mut term = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut t = attach(&vmd, "f");
+        std::thread::sleep(Duration::from_millis(500));
+        if t.seen().contains("VMDT console ready") {
+            break t;
+        }
+        assert!(
+            start.elapsed() < SLOW,
+            "the guest never got through its flood"
+        );
+        t.type_bytes(b"~.");
+        let _ = t.wait(SLOW);
+    };
+    let seen = term.seen();
+    assert!(seen.contains("n=19999"), "the tail shows");
+    assert!(
+        !seen.contains("VMDT console n=0\r") && !seen.contains("VMDT console n=0\n"),
+        "the head was overwritten"
+    );
+    term.type_bytes(b"~.");
+    assert_eq!(term.wait(SLOW), Some(0));
+    // dev-console's memory stays bounded.
+    let rss = dev_console_rss_kib(&vmd);
+    assert!(rss < 64 * 1024, "dev-console RSS {rss} KiB");
+}
+
+/// VmRSS of the dev-console processes under this vmd (the largest), in KiB.
+fn dev_console_rss_kib(vmd: &Vmd) -> u64 {
+    let monitor: u32 = vmd.row("f").pid.parse().unwrap();
+    let mut max = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if field("Name:").as_deref() == Some("dev-console")
+            && field("PPid:").and_then(|p| p.parse::<u32>().ok()) == Some(monitor)
+        {
+            let kib = field("VmRSS:")
+                .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            max = max.max(kib);
+        }
+    }
+    assert!(max > 0, "no dev-console under monitor {monitor}");
+    max
+}
