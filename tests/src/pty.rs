@@ -34,6 +34,10 @@ impl Terminal {
         assert_eq!(ret, 0, "openpty: {}", std::io::Error::last_os_error());
         // SAFETY: both fds were just created and are owned by nobody else.
         let (master, slave) = unsafe { (File::from_raw_fd(master), File::from_raw_fd(slave)) };
+        // Only the test holds the master: a copy in the program would keep
+        // the terminal from ever hanging up.
+        // SAFETY: F_SETFD on an fd we own.
+        unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
         command
             .stdin(Stdio::from(slave.try_clone().expect("dup slave")))
             .stdout(Stdio::from(slave.try_clone().expect("dup slave")))
@@ -94,6 +98,15 @@ impl Terminal {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Closes the terminal under the program, as when its window is
+    /// closed: the program gets SIGHUP and its reads fail.
+    pub fn hang_up(&mut self) {
+        let null = File::open("/dev/null").expect("open /dev/null");
+        // SAFETY: dup2 replaces the master's fd with /dev/null's, closing
+        // the master; both fds are live.
+        unsafe { libc::dup2(null.as_raw_fd(), self.master.as_raw_fd()) };
     }
 
     /// Waits for the program to end; returns its exit code.

@@ -256,6 +256,7 @@ fn owners_may_control_their_vms_and_strangers_only_read_status() {
     assert_eq!(vmd.row("mine").owner, "65534");
     vmd.vmctl(&["start", "theirs"]).ok();
     as_nobody(&["pause", "theirs"]).fails_with("permission denied");
+    as_nobody(&["console", "theirs"]).fails_with("permission denied");
     as_nobody(&["stop", "theirs"]).fails_with("permission denied");
     as_nobody(&["pause", "mine"]).ok();
     as_nobody(&["unpause", "mine"]).ok();
