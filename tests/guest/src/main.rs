@@ -27,6 +27,7 @@ mod dma;
 mod entry;
 mod interrupts;
 mod lapic;
+mod net;
 mod paging;
 mod pci;
 mod phys;

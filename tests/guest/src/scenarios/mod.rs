@@ -20,6 +20,7 @@ mod echo;
 mod fault;
 mod hello;
 mod mem;
+mod net;
 mod pci;
 mod reboot;
 mod smp;
@@ -51,6 +52,7 @@ const ALL: &[Scenario] = &[
     ticker::SCENARIO,
     echo::SCENARIO,
     console::SCENARIO,
+    net::SCENARIO,
 ];
 
 /// Scenario run when the command line names none.

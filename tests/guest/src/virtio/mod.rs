@@ -1,17 +1,20 @@
 //! virtio 1.x (modern) over PCI, driven at CPL3: the PCI transport
 //! (`transport`), split virtqueues (`queue`), the block device (`blk`) and
-//! the console (`console`, port 0 only).
+//! the console (`console`, port 0 only) and the network device (`net`).
 //!
 //! Everything is in guest RAM or in BARs identity mapped by `paging`/`pci`,
 //! so guest-physical addresses are used directly as pointers.
 
 pub mod blk;
 pub mod console;
+pub mod net;
 pub mod queue;
 pub mod transport;
 
 /// PCI vendor ID of virtio devices.
 pub const VENDOR: u16 = 0x1AF4;
+/// Device type of a network device.
+pub const TYPE_NET: u16 = 1;
 /// Device type of a block device.
 pub const TYPE_BLOCK: u16 = 2;
 /// Device type of a console.
