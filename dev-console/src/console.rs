@@ -36,6 +36,8 @@ use crate::sys::{self, Received};
 const SLOT_STOP: usize = 0;
 /// Poll slot of the ring's output wake-up.
 const SLOT_OUTPUT: usize = 1;
+/// Most side-channel packets taken on the way out.
+const DRAIN_PACKETS: usize = 1024;
 /// Poll slot of the side channel.
 const SLOT_SIDE: usize = 2;
 /// Poll slot of the pty master.
@@ -126,6 +128,7 @@ impl ConsoleLoop {
             let mut fds = self.poll_set();
             sys::poll(&mut fds, -1).map_err(LoopError::Poll)?;
             if fds[SLOT_STOP].revents != 0 {
+                self.drain_side();
                 return Ok(Exit::Stopped);
             }
             if fds[SLOT_OUTPUT].revents != 0 {
@@ -149,6 +152,28 @@ impl ConsoleLoop {
                 self.master_failed(&io::Error::from_raw_os_error(libc::EIO));
             }
         }
+    }
+
+    /// On the way out (the VM is gone): takes what the monitor already
+    /// sent on the side channel (a guest's last COM1 lines before it
+    /// powered off) and writes it to an attached client, as far as the pty
+    /// takes it without waiting.
+    fn drain_side(&mut self) {
+        for _ in 0..DRAIN_PACKETS {
+            let Some(side) = &self.side else { break };
+            let mut pfd = [libc::pollfd {
+                fd: side.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if sys::poll(&mut pfd, 0).is_err() || pfd[0].revents & libc::POLLIN == 0 {
+                break;
+            }
+            if self.read_side(pfd[0].revents & libc::POLLHUP != 0) {
+                break;
+            }
+        }
+        self.write_out();
     }
 
     fn poll_set(&self) -> [libc::pollfd; 4] {

@@ -147,6 +147,12 @@ pub struct StartRequest {
     pub disks: Vec<DiskArg>,
     /// `-m size`, in bytes.
     pub memory: Option<u64>,
+    /// `-L`, given this many times: local interfaces, numbered first.
+    pub local_interfaces: u32,
+    /// `-n switch`, in order: an interface on each switch.
+    pub switches: Vec<String>,
+    /// `-i count`: at least this many interfaces in all.
+    pub interfaces: u32,
 }
 
 /// What `reset` resets.

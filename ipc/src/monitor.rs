@@ -2,7 +2,8 @@
 //!
 //! vmd starts a monitor with one end of a socketpair at fd 3 and sends, in
 //! order: [`ToMonitor::Launch`] (with the fds [`Launch`] lists),
-//! one [`ToMonitor::Disk`] per disk (with that disk's fds), and
+//! one [`ToMonitor::Disk`] per disk (with that disk's fds), one
+//! [`ToMonitor::Nic`] per network interface (with its tap's fd), and
 //! [`ToMonitor::Run`]. The monitor builds the VM and answers
 //! [`FromMonitor::Started`], or [`FromMonitor::Failed`] and exits.
 //!
@@ -154,6 +155,35 @@ pub enum ToMonitor {
     ConsoleAttach,
     /// That client left: console output goes to the ring only.
     ConsoleDetach,
+    /// A network interface, with its tap's fd (sent between the Disks and
+    /// Run).
+    Nic(NicAttach),
+}
+
+/// One network interface: vmd made and configured its tap (fd: the tap,
+/// IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicAttach {
+    /// The tap's name, for messages.
+    pub tap: String,
+    /// The guest's Ethernet address.
+    pub mac: [u8; 6],
+    /// `locked lladdr`.
+    pub locked: bool,
+    /// For a local interface: the addresses the built-in DHCP server
+    /// hands out (guest) and names as router and DNS (host).
+    pub dhcp: Option<LocalDhcp>,
+}
+
+/// The two ends of a local interface's /31.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalDhcp {
+    /// The guest's address.
+    pub guest: std::net::Ipv4Addr,
+    /// The host side's (the tap's) address.
+    pub host: std::net::Ipv4Addr,
+    /// The tap's own Ethernet address (the source of DHCP replies).
+    pub host_mac: [u8; 6],
 }
 
 /// Monitor to vmd.

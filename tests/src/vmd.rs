@@ -92,6 +92,7 @@ pub struct Vmd {
     dir: PathBuf,
     child: Option<Child>,
     conf: PathBuf,
+    netns: Option<String>,
 }
 
 impl Vmd {
@@ -104,6 +105,22 @@ impl Vmd {
             dir: dir.to_path_buf(),
             child: None,
             conf,
+            netns: None,
+        };
+        vmd.restart();
+        vmd
+    }
+
+    /// [`Vmd::start`] inside network namespace `netns` (`ip netns exec`):
+    /// the taps it makes live there.
+    pub fn start_in_netns(dir: &Path, config: &str, netns: &str) -> Self {
+        let conf = dir.join("vm.conf");
+        std::fs::write(&conf, config).expect("write vm.conf");
+        let mut vmd = Self {
+            dir: dir.to_path_buf(),
+            child: None,
+            conf,
+            netns: Some(netns.to_string()),
         };
         vmd.restart();
         vmd
@@ -126,7 +143,15 @@ impl Vmd {
             .append(true)
             .open(self.dir.join("vmd.log"))
             .expect("open vmd.log");
-        let child = Command::new(binary("vmd"))
+        let mut command = match &self.netns {
+            None => Command::new(binary("vmd")),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary("vmd"));
+                c
+            }
+        };
+        let child = command
             .args(["-d", "-vv", "-f"])
             .arg(&self.conf)
             .env("VMD_SOCKET", self.socket())

@@ -395,7 +395,8 @@ fn bad_requests_get_one_clear_error_and_vmd_keeps_serving() {
     vmd.vmctl(&["start", "bad/name"]).fails_with("character");
     vmd.vmctl(&["st", "a"]).fails_with("ambiguous");
     vmd.vmctl(&["frob"]).fails_with("unknown command");
-    vmd.vmctl(&["start", "-L", "a"]).fails_with("not yet");
+    vmd.vmctl(&["start", "-r", "/x.iso", "a"])
+        .fails_with("not yet");
     vmd.vmctl(&["start", "-b", "/nonexistent/kernel", "new"])
         .fails_with("cannot open kernel /nonexistent/kernel");
     assert!(
@@ -427,7 +428,7 @@ fn bad_requests_get_one_clear_error_and_vmd_keeps_serving() {
     let mut raw = std::os::unix::net::UnixStream::connect(vmd.socket()).unwrap();
     let mut header = Vec::new();
     header.extend_from_slice(b"vmdI");
-    header.extend_from_slice(&[2, 0, 0, 0]); // version 2 (ipc::PROTOCOL_VERSION), flags 0
+    header.extend_from_slice(&[3, 0, 0, 0]); // version 3 (ipc::PROTOCOL_VERSION), flags 0
     header.extend_from_slice(&u32::MAX.to_le_bytes());
     header.extend_from_slice(&[0, 0, 0, 0]);
     let _ = raw.write_all(&header);

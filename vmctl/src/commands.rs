@@ -15,6 +15,8 @@ use crate::client::Session;
 use crate::getopt::{getopt, Parsed};
 use crate::output;
 
+/// Most network interfaces of a VM (vm.conf's limit).
+const MAX_INTERFACES: u32 = 8;
 /// Guest RAM limits, as the monitor checks them.
 const MIN_MEMORY: u64 = 4 << 20;
 const MAX_MEMORY: u64 = 1 << 40;
@@ -166,9 +168,6 @@ fn memory(text: &str) -> Result<u64, Failure> {
 fn start(args: &[String]) -> Outcome {
     let p = parse("start", args, "B:b:cd:i:Lm:n:r:t:")?;
     for (letter, what) in [
-        ('L', "-L (local interface) arrives with dev-net"),
-        ('i', "-i (network interfaces) arrives with dev-net"),
-        ('n', "-n (switch) arrives with dev-net"),
         ('r', "-r (cdrom) is not built yet"),
         (
             'B',
@@ -186,6 +185,16 @@ fn start(args: &[String]) -> Outcome {
         kernel: p.value('b').map(|b| absolute(&b)),
         disks: p.values('d').iter().map(|d| disk_arg(d)).collect(),
         memory: p.value('m').map(|m| memory(&m)).transpose()?,
+        local_interfaces: p.opts.iter().filter(|o| o.letter == 'L').count() as u32,
+        switches: p.values('n'),
+        interfaces: match p.value('i') {
+            None => 0,
+            Some(n) => n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= MAX_INTERFACES)
+                .ok_or_else(|| Failure(format!("-i {n}: a count from 0 to {MAX_INTERFACES}")))?,
+        },
     };
     if let Some(t) = &request.template {
         ipc::control::check_vm_name(t).map_err(|e| Failure(format!("-t: {e}")))?;
@@ -432,14 +441,14 @@ mod tests {
 
     #[test]
     fn not_yet_options_are_refused_by_name() {
-        let err = start(&["-L".into(), "web".into()]).unwrap_err();
+        let err = start(&["-r".into(), "x.iso".into(), "web".into()]).unwrap_err();
         assert!(
-            err.0.contains("not yet") && err.0.contains("-L"),
+            err.0.contains("not yet") && err.0.contains("-r"),
             "{}",
             err.0
         );
-        let err = start(&["-n".into(), "sw".into(), "web".into()]).unwrap_err();
-        assert!(err.0.contains("-n"), "{}", err.0);
+        let err = start(&["-i".into(), "99".into(), "web".into()]).unwrap_err();
+        assert!(err.0.contains("-i 99"), "{}", err.0);
     }
 
     #[test]

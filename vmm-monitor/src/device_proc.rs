@@ -14,7 +14,8 @@
 //!   besides stdin/stdout/stderr: every other fd of the monitor is
 //!   close-on-exec.
 //! - Every spawned process is reaped by its waiter thread; dropping a
-//!   [`DeviceProcess`] kills the process if it still runs.
+//!   [`DeviceProcess`] gives the process [`EXIT_GRACE`] to end on its own
+//!   (its frontend is gone by then), then kills it.
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -164,8 +165,25 @@ impl LevelHandle {
     }
 }
 
+/// How long a device process whose VM is gone may take to finish on its
+/// own (its vhost-user socket has closed: it flushes what it holds, e.g.
+/// the console's last lines, and exits) before it is killed.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
 impl Drop for DeviceProcess {
     fn drop(&mut self) {
+        let deadline = std::time::Instant::now() + EXIT_GRACE;
+        while std::time::Instant::now() < deadline {
+            if self
+                .child
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
         kill(&self.child);
     }
 }
@@ -239,6 +257,17 @@ fn place_fds(sources: &[RawFd]) -> std::io::Result<()> {
             return Err(std::io::Error::last_os_error());
         }
     }
+    // Nothing else crosses into the device: not even an fd the monitor
+    // inherited without close-on-exec. (Marked close-on-exec rather than
+    // closed, so that std's exec-error pipe still works.)
+    // SAFETY: close_range on numbers above the placed fds; async-signal-safe.
+    unsafe {
+        libc::close_range(
+            high as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        )
+    };
     Ok(())
 }
 

@@ -16,6 +16,7 @@
 //! - [`irq`]: the GSI routing table (legacy pins now, MSI later).
 //! - [`bus`]: port-I/O and MMIO dispatch of vCPU exits.
 //! - [`device_proc`]: starting device processes with their fds, noticing their death.
+//! - [`nics`]: a VM's network interfaces: dev-net processes on vmd's taps.
 //! - [`disks`]: a VM's disks: dev-block processes or external vhost-user backends.
 //! - [`devices`]: the in-process platform devices.
 //! - [`pci`]: adding virtio-pci functions to the PCI root and MMIO bus.
@@ -43,6 +44,7 @@ pub mod irq;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod nics;
 pub mod pci;
 pub mod vcpu;
 pub mod vhost_user;

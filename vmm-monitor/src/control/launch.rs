@@ -79,6 +79,9 @@ pub enum LaunchError {
     /// The console pty's slave could not be set to raw mode.
     #[error("cannot set the console pty to raw mode")]
     Console(#[source] std::io::Error),
+    /// More network interfaces than [`crate::nics::MAX_NICS`].
+    #[error("more than {} network interfaces", crate::nics::MAX_NICS)]
+    TooManyNics,
     /// More disks than [`MAX_DISKS`].
     #[error("more than {MAX_DISKS} disks")]
     TooManyDisks,
@@ -111,6 +114,8 @@ pub struct LaunchPlan {
     pub listener: UnixListener,
     /// The log level to start with.
     pub log_level: LogLevel,
+    /// The network interfaces, in order.
+    pub nics: Vec<crate::nics::NicFiles>,
 }
 
 /// Receives Launch, the Disks and Run on `chan` (the first vmd
@@ -138,11 +143,19 @@ fn receive_sequence(chan: &mut Channel) -> Result<LaunchPlan, LaunchError> {
                 }
                 plan.config.disks.push(disk_from_message(disk, fds)?);
             }
+            (ToMonitor::Nic(nic), fds) => {
+                if plan.nics.len() == crate::nics::MAX_NICS {
+                    return Err(LaunchError::TooManyNics);
+                }
+                expect_fds("Nic", 1, &fds)?;
+                let tap = File::from(fds.into_iter().next().ok_or(LaunchError::TooManyNics)?);
+                plan.nics.push(crate::nics::NicFiles { attach: nic, tap });
+            }
             (ToMonitor::Run, fds) => {
                 expect_fds("Run", 0, &fds)?;
                 return Ok(plan);
             }
-            (other, _) => return Err(unexpected("Disk or Run", &other)),
+            (other, _) => return Err(unexpected("Disk, Nic or Run", &other)),
         }
     }
 }
@@ -223,6 +236,7 @@ fn plan_from_launch(launch: Launch, fds: Vec<OwnedFd>) -> Result<LaunchPlan, Lau
         console,
         listener,
         log_level: launch.log_level,
+        nics: Vec::new(),
     })
 }
 

@@ -63,6 +63,7 @@ struct Machine {
     images: BootImages,
     console: Option<Arc<ConsoleLink>>,
     gate: Arc<PauseGate>,
+    nics: Vec<crate::nics::NicFiles>,
 }
 
 impl Machine {
@@ -87,6 +88,9 @@ impl Machine {
         let mut vm = Vm::new(&self.kvm, &self.config, images, sink)?;
         vm.set_pause_gate(self.gate.clone());
         vm.attach_disks(&self.config)?;
+        for (index, nic) in self.nics.iter().enumerate() {
+            crate::nics::attach(&mut vm, index, nic)?;
+        }
         if let (Some(console), Some(pending)) = (&self.console, pending) {
             console.attach_to(&mut vm, pending)?;
         }
@@ -132,6 +136,7 @@ pub fn run(fd: RawFd) -> i32 {
         images: plan.images,
         console,
         gate,
+        nics: plan.nics,
     };
     let first = match machine.build(&shared) {
         Ok(vm) => vm,

@@ -267,7 +267,7 @@ impl Shared {
                     },
                 }
             }
-            ToMonitor::Launch(_) | ToMonitor::Disk(_) | ToMonitor::Run => {
+            ToMonitor::Launch(_) | ToMonitor::Disk(_) | ToMonitor::Nic(_) | ToMonitor::Run => {
                 FromMonitor::Failed("the VM is already running".into())
             }
         }

@@ -122,6 +122,8 @@ fn spec_of(record: &VmRecord) -> VmSpec {
         configured: record.configured,
         enabled: false,
         missing: Vec::new(),
+        // The monitor keeps its taps; what vm.conf says applies at the next start.
+        nics: Vec::new(),
         conf: None,
     }
 }

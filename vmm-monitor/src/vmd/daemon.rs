@@ -220,6 +220,7 @@ impl Vmd {
             })?;
             disks.push(opened);
         }
+        let nics = self.open_nics(id, spec)?;
         let console = open_console().map_err(|e| host(&e))?;
         let tty = Some(console.path.clone());
         let socket = self.monitor_socket(id);
@@ -253,6 +254,7 @@ impl Vmd {
             console: Some(console),
             listener,
             disks,
+            nics,
         };
         let me = self.me.clone();
         let on_event = Box::new(move |event| {
@@ -263,6 +265,61 @@ impl Vmd {
         let link = spawn_monitor(&self.settings.monitor, launch, files, on_event)
             .map_err(|e| Refusal::new(ErrorKind::Host, ipc::error_chain(&e)))?;
         Ok((link, tty))
+    }
+
+    /// Makes the taps of `spec`'s interfaces (closed again, and so gone,
+    /// if anything fails).
+    fn open_nics(&self, id: u32, spec: &VmSpec) -> Result<Vec<super::net::OpenNic>, Refusal> {
+        let (globals, switches) = {
+            let state = self.lock();
+            (state.globals.clone(), state.switches.clone())
+        };
+        let ctx = super::net::NetContext {
+            vm_id: id,
+            vm_name: &spec.name,
+            prefix: globals.local_prefix,
+            inet6: globals.local_inet6,
+        };
+        let mut nics = Vec::with_capacity(spec.nics.len());
+        for (index, nic) in spec.nics.iter().enumerate() {
+            let mut nic = nic.clone();
+            let bridge = match &nic.switch {
+                None => None,
+                Some(name) => {
+                    let switch = switches.iter().find(|s| &s.name == name).ok_or_else(|| {
+                        Refusal::new(
+                            ErrorKind::Invalid,
+                            format!(
+                                "vm '{}': interface {index}: no switch named '{name}'",
+                                spec.name
+                            ),
+                        )
+                    })?;
+                    nic.locked |= switch.locked;
+                    Some(
+                        switch
+                            .interface
+                            .clone()
+                            .unwrap_or_else(|| switch.name.clone()),
+                    )
+                }
+            };
+            let opened = super::net::open_nic(&ctx, index, &nic, bridge.as_deref(), random_u16())
+                .map_err(|e| {
+                Refusal::new(
+                    ErrorKind::Host,
+                    format!("vm '{}': {}", spec.name, ipc::error_chain(&e)),
+                )
+            })?;
+            log::info!(
+                "vm {id} ({}): interface {index} is tap {} (guest {})",
+                spec.name,
+                opened.name,
+                opened.mac
+            );
+            nics.push(opened);
+        }
+        Ok(nics)
     }
 
     /// What a monitor reported.
@@ -492,4 +549,16 @@ pub fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixList
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Two random bytes (for generated MACs), from getrandom(2).
+fn random_u16() -> u16 {
+    let mut bytes = [0u8; 2];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into a live buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != 2 {
+        // Without entropy the address is still unique per VM id and index.
+        return std::process::id() as u16;
+    }
+    u16::from_ne_bytes(bytes)
 }

@@ -75,6 +75,8 @@ pub struct LaunchFiles {
     pub listener: std::os::unix::net::UnixListener,
     /// The disks.
     pub disks: Vec<OpenDisk>,
+    /// The network interfaces' taps.
+    pub nics: Vec<super::net::OpenNic>,
 }
 
 /// A monitor's connection.
@@ -135,7 +137,7 @@ pub fn spawn_monitor(
         .stdin(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec and calls
     // only async-signal-safe functions (sigemptyset, sigprocmask, setsid,
-    // dup2) on a local sigset and an fd the parent
+    // dup2, close_range) on a local sigset and an fd the parent
     // keeps open until spawn returns.
     unsafe {
         command.pre_exec(move || {
@@ -150,6 +152,15 @@ pub fn spawn_monitor(
             if libc::dup2(source, ipc::monitor::CONTROL_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // Only the control socket crosses: no fd vmd holds for
+            // another VM (a pty, a tap, a disk) may leak into this one.
+            // Marked close-on-exec rather than closed, so that std's own
+            // exec-error pipe still works.
+            libc::close_range(
+                (ipc::monitor::CONTROL_FD + 1) as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            );
             Ok(())
         });
     }
@@ -315,6 +326,19 @@ fn send_launch(
         let mut fds = vec![disk.image.as_fd()];
         fds.extend(disk.backing.iter().map(|f| f.as_fd()));
         channel.send(&ToMonitor::Disk(attach), &fds)?;
+    }
+    for nic in &files.nics {
+        let attach = ipc::monitor::NicAttach {
+            tap: nic.name.clone(),
+            mac: nic.mac.octets(),
+            locked: nic.locked,
+            dhcp: nic.local.map(|l| ipc::monitor::LocalDhcp {
+                guest: l.guest,
+                host: l.host,
+                host_mac: nic.host_mac,
+            }),
+        };
+        channel.send(&ToMonitor::Nic(attach), &[nic.fd.as_fd()])?;
     }
     channel.send(&ToMonitor::Run, &[])?;
     Ok(())

@@ -8,6 +8,7 @@
 //! - [`spec`]: what a VM runs, from vm.conf or from `vmctl start`.
 //! - [`resources`]: the files vmd opens (and locks) for a VM.
 //! - [`link`]: starting a monitor and talking to it.
+//! - [`net`]: each VM interface's tap: made, named, addressed, bridged.
 //! - [`registry`]: the table of VMs.
 //! - [`daemon`]: the shared state; starting VMs, their ends, configurations.
 //! - [`requests`]: one control request, checked and carried out.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod conf;
 pub mod daemon;
 pub mod link;
+pub mod net;
 pub mod registry;
 pub mod requests;
 pub mod resources;

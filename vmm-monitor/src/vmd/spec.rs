@@ -7,6 +7,7 @@ use ipc::control::{DiskArg, DiskFormat, StartRequest};
 
 use super::access::{resolve, ResolvedOwner};
 use super::conf::{self, VmConf, DEFAULT_MEMORY};
+pub use super::net::NicSpec;
 
 /// One disk of a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct VmSpec {
     pub configured: bool,
     /// Started with vmd (`enable`).
     pub enabled: bool,
+    /// Network interfaces, in order.
+    pub nics: Vec<NicSpec>,
     /// Configured things whose devices are not built yet; starting the VM
     /// is refused while this is not empty, rather than running it
     /// without them.
@@ -89,11 +92,20 @@ impl VmSpec {
             },
         };
         let mut missing = Vec::new();
-        let interfaces = vm.interfaces.len().max(vm.min_interfaces);
-        if interfaces > 0 {
-            missing.push(format!(
-                "{interfaces} network interface(s) (dev-net is not built yet)"
-            ));
+        let mut nics: Vec<NicSpec> = vm
+            .interfaces
+            .iter()
+            .map(|i| NicSpec {
+                tap: i.name.clone(),
+                local: i.local,
+                switch: i.switch.clone(),
+                lladdr: i.lladdr.map(|m| m.0),
+                locked: i.locked,
+                up: i.up,
+            })
+            .collect();
+        while nics.len() < vm.min_interfaces {
+            nics.push(NicSpec::plain());
         }
         if vm.cdrom.is_some() {
             missing.push("a cdrom (not built yet)".into());
@@ -129,6 +141,7 @@ impl VmSpec {
             configured: true,
             enabled: vm.enabled,
             missing,
+            nics,
             conf: Some(vm.clone()),
         })
     }
@@ -148,6 +161,7 @@ impl VmSpec {
             configured: false,
             enabled: false,
             missing: Vec::new(),
+            nics: nics_of_start(start),
             conf: None,
         }
     }
@@ -179,6 +193,11 @@ impl VmSpec {
         if start.memory.is_some() && !allow.memory {
             return Err(refuse("memory"));
         }
+        let sets_nics =
+            start.local_interfaces > 0 || !start.switches.is_empty() || start.interfaces > 0;
+        if sets_nics && !allow.interface {
+            return Err(refuse("interface"));
+        }
         let mut spec = self.clone();
         spec.name = name.to_string();
         spec.instance_of = Some(self.name.clone());
@@ -194,12 +213,24 @@ impl VmSpec {
         if let Some(memory) = start.memory {
             spec.memory = memory;
         }
+        if sets_nics {
+            spec.nics = nics_of_start(start);
+        }
+        // A fixed address is the template's own.
+        for nic in &mut spec.nics {
+            nic.lladdr = None;
+        }
         Ok(spec)
     }
 
     /// Whether `start` sets anything (beyond naming the VM).
     pub fn has_options(start: &StartRequest) -> bool {
-        start.kernel.is_some() || !start.disks.is_empty() || start.memory.is_some()
+        start.kernel.is_some()
+            || !start.disks.is_empty()
+            || start.memory.is_some()
+            || start.local_interfaces > 0
+            || !start.switches.is_empty()
+            || start.interfaces > 0
     }
 
     /// Why this VM cannot start now, if it cannot.
@@ -219,6 +250,25 @@ impl VmSpec {
         }
         None
     }
+}
+
+/// The interfaces `vmctl start` asks for: `-L` ones first, then one per
+/// `-n switch`, then plain ones up to `-i count`.
+fn nics_of_start(start: &StartRequest) -> Vec<NicSpec> {
+    let mut nics: Vec<NicSpec> = (0..start.local_interfaces)
+        .map(|_| NicSpec {
+            local: true,
+            ..NicSpec::plain()
+        })
+        .collect();
+    nics.extend(start.switches.iter().map(|s| NicSpec {
+        switch: Some(s.clone()),
+        ..NicSpec::plain()
+    }));
+    while nics.len() < start.interfaces as usize {
+        nics.push(NicSpec::plain());
+    }
+    nics
 }
 
 fn disks(args: &[DiskArg]) -> Vec<DiskSpec> {
@@ -257,12 +307,11 @@ mod tests {
             conf("vm a { interfaces 2 }\nvm b { boot \"/k\"; local interface; cdrom \"/i\" }\n");
         let a = VmSpec::from_conf(&vms[0]).unwrap();
         assert!(a.unstartable().unwrap().contains("no kernel"));
+        assert_eq!(a.nics.len(), 2, "interfaces 2 means two plain interfaces");
         let b = VmSpec::from_conf(&vms[1]).unwrap();
+        assert!(b.nics[0].local);
         let why = b.unstartable().unwrap();
-        assert!(
-            why.contains("1 network interface") && why.contains("cdrom"),
-            "{why}"
-        );
+        assert!(why.contains("cdrom") && !why.contains("interface"), "{why}");
     }
 
     #[test]

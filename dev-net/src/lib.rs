@@ -1,0 +1,122 @@
+//! The network device process of vmd-rs: one virtio-net device (virtio 1.2
+//! §5.1) served over vhost-user, its frames going to and from a tap fd
+//! that vmd opened and the monitor handed down.
+//!
+//! ```text
+//!  guest transmitq ─► net-q1: tx ─► lladdr lock ─► FrameFilter ─► tap (writev)
+//!                                                     │ reply
+//!                                                     ▼
+//!  guest receiveq ◄── net-q0: rx ◄── lladdr lock ◄── injected ◄┬─ tap (read)
+//! ```
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`config`] | the command line → [`config::NetConfig`] |
+//! | [`device`] | the virtio-net [`dev_backend::Device`]: features, config space, queues |
+//! | [`tx`] / [`rx`] | guest → tap, tap → guest (mergeable receive buffers) |
+//! | [`tap`] | the tap fd: ioctls, reads and writes, `Tap::create` |
+//! | [`filter`] | `locked lladdr` |
+//! | [`guest_frames`] | the [`guest_frames::FrameFilter`] hook (DHCP answers) |
+//! | [`mac`] | MAC addresses |
+//! | [`wire`] | the vnet header and the configuration space as bytes |
+//! | [`metrics`] | the device's counters |
+//!
+//! Threads: `net-q0`, `net-q1` (dev-backend's queue workers) and the main
+//! thread serving the vhost-user connection.
+
+pub mod addr;
+pub mod config;
+pub mod device;
+pub mod dhcp;
+pub mod filter;
+pub mod guest_frames;
+pub mod mac;
+pub mod metrics;
+pub mod rx;
+pub mod tap;
+pub mod tx;
+pub mod wire;
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use config::{Connection, NetConfig, TapSource};
+use device::NetDevice;
+use tap::{Tap, TapError};
+
+/// Why dev-net stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A passed fd is not open.
+    #[error("fd {fd} ({what}) is not open")]
+    BadFd {
+        /// The fd.
+        fd: i32,
+        /// What it was for.
+        what: &'static str,
+    },
+    /// The tap cannot be used.
+    #[error("the tap")]
+    Tap(#[from] TapError),
+    /// The device could not be set up (eventfd, epoll).
+    #[error("setting up the device")]
+    Setup(#[source] std::io::Error),
+    /// Serving failed.
+    #[error("vhost-user")]
+    Serve(#[from] dev_backend::serve::ServeError),
+    /// The DHCP server's configuration is not usable.
+    #[error("built-in DHCP")]
+    Dhcp(#[source] dhcp::DhcpConfigError),
+}
+
+/// Takes ownership of passed fd `fd` after checking that it is open.
+fn take_fd(fd: i32, what: &'static str) -> Result<File, RunError> {
+    // SAFETY: F_GETFD only queries the fd's flags.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(RunError::BadFd { fd, what });
+    }
+    // SAFETY: the fd is open, was passed to this process for this purpose,
+    // and nothing else in the process owns it (the config refuses one fd
+    // for two purposes).
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Builds the device on the tap and serves it until the frontend hangs up
+/// (monitor mode) or forever (standalone).
+pub fn run(config: NetConfig) -> Result<(), RunError> {
+    let tap = match &config.tap {
+        TapSource::Fd(fd) => Tap::from_fd(OwnedFd::from(take_fd(*fd, "tap")?))?,
+        TapSource::Create(name) => Tap::create(name)?,
+    };
+    log::info!(
+        "serving {} on {:?}{} (offloads {:?})",
+        config.mac,
+        tap.kind(),
+        if config.locked { ", locked lladdr" } else { "" },
+        tap.offloads()
+    );
+    let device = Arc::new(NetDevice::new(tap, config.mac, config.locked).map_err(RunError::Setup)?);
+    if let Some(dhcp) = config.dhcp {
+        log::info!(
+            "built-in DHCP: {} for {} (router and DNS {})",
+            dhcp.guest_addr,
+            dhcp.guest_mac,
+            dhcp.host_addr
+        );
+        let server = dhcp::DhcpServer::new(dhcp).map_err(RunError::Dhcp)?;
+        device.set_frame_filter(Box::new(server));
+    }
+    let result = match config.connection {
+        Connection::Fd(fd) => {
+            let socket = take_fd(fd, "vhost-user socket")?;
+            let stream = UnixStream::from(OwnedFd::from(socket));
+            dev_backend::serve::serve_connection(stream, Arc::clone(&device))
+                .map(|()| log::info!("the frontend hung up"))
+        }
+        Connection::Listen(path) => dev_backend::serve::serve_path(&path, Arc::clone(&device)),
+    };
+    log::info!("{}", device.net_metrics());
+    Ok(result?)
+}
