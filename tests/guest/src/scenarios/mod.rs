@@ -15,6 +15,7 @@ mod blk_discard;
 mod blk_id;
 mod blk_ro;
 mod blk_rw;
+mod demo;
 mod console;
 mod echo;
 mod fault;
@@ -38,6 +39,7 @@ pub struct Scenario {
 /// Every scenario, looked up by name.
 const ALL: &[Scenario] = &[
     hello::SCENARIO,
+    demo::SCENARIO,
     smp::SCENARIO,
     mem::SCENARIO,
     timer::SCENARIO,
