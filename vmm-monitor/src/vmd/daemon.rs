@@ -296,6 +296,9 @@ impl Vmd {
                         )
                     })?;
                     nic.locked |= switch.locked;
+                    if nic.group.is_none() {
+                        nic.group = switch.group.clone();
+                    }
                     Some(
                         switch
                             .interface

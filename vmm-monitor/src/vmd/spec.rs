@@ -102,6 +102,7 @@ impl VmSpec {
                 lladdr: i.lladdr.map(|m| m.0),
                 locked: i.locked,
                 up: i.up,
+                group: i.group.clone(),
             })
             .collect();
         while nics.len() < vm.min_interfaces {

@@ -5,7 +5,8 @@
 //! - Names: a configured `interface tapN` name, else `vm<id>i<n>`
 //!   (IFNAMSIZ allows 15 bytes; past that the kernel picks `vmtap%d`).
 //!   Every tap's alias (`ip link` shows it) says whose it is:
-//!   `vm<id>-if<n>-<vm name>`.
+//!   `vm<id>-if<n>-<vm name>`, followed by ` group <name>` for an
+//!   interface (or switch) `group`: Linux has no named interface groups.
 //! - `up` (default) or `down`; a `local` interface gets the host side of
 //!   its /31 out of `local prefix` (and, with `local inet6`, the host side
 //!   of its /96), as `dev_net::addr` computes them; a `switch` interface
@@ -39,6 +40,10 @@ pub struct NicSpec {
     pub locked: bool,
     /// Brought up (default) or left down.
     pub up: bool,
+    /// `group name`: Linux has no named interface groups, so the group is
+    /// written into the tap's alias (`... group name`), where `ip link`
+    /// shows it and scripts can match it.
+    pub group: Option<String>,
 }
 
 impl NicSpec {
@@ -51,6 +56,7 @@ impl NicSpec {
             lladdr: None,
             locked: false,
             up: true,
+            group: None,
         }
     }
 }
@@ -120,9 +126,12 @@ pub fn tap_name(id: u32, index: usize) -> String {
     }
 }
 
-/// The alias of a tap: whose interface it is.
-pub fn tap_alias(id: u32, index: usize, vm: &str) -> String {
-    format!("vm{id}-if{index}-{vm}")
+/// The alias of a tap: whose interface it is, and its group if any.
+pub fn tap_alias(id: u32, index: usize, vm: &str, group: Option<&str>) -> String {
+    match group {
+        Some(group) => format!("vm{id}-if{index}-{vm} group {group}"),
+        None => format!("vm{id}-if{index}-{vm}"),
+    }
 }
 
 /// What a VM's interfaces are numbered and addressed from.
@@ -172,8 +181,8 @@ pub fn open_nic(
             std::io::Error::from_raw_os_error(libc::ENODEV),
         )
     })?;
-    netlink::set_alias(ifindex, &tap_alias(ctx.vm_id, index, ctx.vm_name))
-        .map_err(|e| configure("set its alias", e))?;
+    let alias = tap_alias(ctx.vm_id, index, ctx.vm_name, nic.group.as_deref());
+    netlink::set_alias(ifindex, &alias).map_err(|e| configure("set its alias", e))?;
     let local = if nic.local {
         let addr_err = |source| NetError::Addr { index, source };
         let v4 = local_addrs(ctx.prefix.addr, ctx.prefix.len, ctx.vm_id, index as u32)

@@ -16,7 +16,8 @@ fn tap_names_and_aliases_say_whose_interface_it_is() {
         "vmtap%d",
         "past 15 bytes the kernel picks"
     );
-    assert_eq!(tap_alias(1, 0, "web"), "vm1-if0-web");
+    assert_eq!(tap_alias(1, 0, "web", None), "vm1-if0-web");
+    assert_eq!(tap_alias(1, 0, "web", Some("dmz")), "vm1-if0-web group dmz");
 }
 
 /// The IFF_* flags of interface `name` in this thread's namespace.
@@ -68,6 +69,7 @@ fn a_local_interface_on_a_switch_is_named_addressed_up_and_gone_with_its_fd() {
             lladdr: None,
             locked: true,
             up: true,
+            group: None,
         };
         let open = open_nic(&ctx, 0, &nic, Some("vmdtestbr0"), 0x72dc).unwrap();
         assert_eq!(open.name, "vm5i0");
