@@ -209,9 +209,19 @@ fn vms_started_by_vmctl_alone_and_instances_of_templates() {
         "adhoc",
     ])
     .ok();
-    assert_eq!(vmd.row("adhoc").state, "running");
-    vmd.vmctl(&["stop", "-w", "adhoc"]).ok();
-    assert!(vmd.status().iter().all(|r| r.name != "adhoc"));
+    // The guest's default scenario powers off at once: stop it if it still
+    // runs; either way it must leave the list.
+    let stop = vmd.vmctl(&["stop", "-w", "adhoc"]);
+    assert!(
+        stop.code == 0 || stop.stderr.contains("no vm named 'adhoc'"),
+        "{}",
+        stop.stderr
+    );
+    let start = std::time::Instant::now();
+    while vmd.status().iter().any(|r| r.name == "adhoc") {
+        assert!(start.elapsed() < SLOW, "adhoc stays listed after its end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // An instance may set what the template allows, and nothing else.
     vmd.vmctl(&["start", "-t", "tmpl", "-m", "48M", "inst"])

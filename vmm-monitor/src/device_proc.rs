@@ -50,6 +50,18 @@ pub enum DeviceProcessError {
     },
 }
 
+/// `-v` as often as a device process (whose default is warnings) needs to
+/// log at `level`.
+pub fn verbosity_args(level: log::LevelFilter) -> Vec<String> {
+    let count = match level {
+        log::LevelFilter::Off | log::LevelFilter::Error | log::LevelFilter::Warn => 0,
+        log::LevelFilter::Info => 1,
+        log::LevelFilter::Debug => 2,
+        log::LevelFilter::Trace => 3,
+    };
+    vec!["-v".to_string(); count]
+}
+
 /// Path of the device binary `binary` next to the running monitor.
 pub fn sibling_binary(binary: &'static str) -> Result<PathBuf, DeviceProcessError> {
     let exe = std::env::current_exe().unwrap_or_default();
@@ -81,7 +93,9 @@ impl DeviceProcess {
     ) -> Result<Self, DeviceProcessError> {
         let sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let mut command = Command::new(program);
-        command.args(args);
+        // The monitor's own level, so that the device's first lines (what
+        // it serves, with which options) are logged as the monitor's are.
+        command.args(args).args(verbosity_args(log::max_level()));
         // SAFETY: the closure runs in the forked child before exec and only
         // calls async-signal-safe functions (dup, dup2, fcntl, close) on fds
         // the parent keeps open for the duration of spawn().

@@ -64,6 +64,22 @@ impl fmt::Display for Ip {
 /// A MAC address, displayed as `aa:bb:cc:dd:ee:ff`.
 pub struct Mac(pub [u8; 6]);
 
+impl Mac {
+    /// Parses `aa:bb:cc:dd:ee:ff` (hex, one or two digits per octet).
+    pub fn parse(s: &str) -> Option<[u8; 6]> {
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in mac.iter_mut() {
+            let part = parts.next()?;
+            if part.is_empty() || part.len() > 2 {
+                return None;
+            }
+            *b = u8::from_str_radix(part, 16).ok()?;
+        }
+        parts.next().is_none().then_some(mac)
+    }
+}
+
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let m = self.0;
@@ -220,7 +236,19 @@ impl Stack {
     /// Sends an Ethernet frame whose `len` payload bytes are already at
     /// `tx[eth::HLEN..]`.
     fn send_eth(&mut self, dst: [u8; 6], ethertype: u16, len: usize) -> Result<(), Reason> {
-        eth::write(&mut self.tx, dst, self.mac, ethertype);
+        self.send_eth_from(self.mac, dst, ethertype, len)
+    }
+
+    /// [`Stack::send_eth`] with source address `src` (ours, or a forged
+    /// one for `spoof=`).
+    fn send_eth_from(
+        &mut self,
+        src: [u8; 6],
+        dst: [u8; 6],
+        ethertype: u16,
+        len: usize,
+    ) -> Result<(), Reason> {
+        eth::write(&mut self.tx, dst, src, ethertype);
         self.net.send(&self.tx[..eth::HLEN + len])
     }
 
@@ -239,10 +267,22 @@ impl Stack {
     /// Sends an IPv4 packet whose `len` payload bytes are already at
     /// `tx[eth::HLEN + ipv4::HLEN..]`.
     fn send_ip(&mut self, dst_mac: [u8; 6], dst: Ip, proto: u8, len: usize) -> Result<(), Reason> {
+        self.send_ip_from(self.mac, dst_mac, dst, proto, len)
+    }
+
+    /// [`Stack::send_ip`] in a frame from Ethernet address `src_mac`.
+    fn send_ip_from(
+        &mut self,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        dst: Ip,
+        proto: u8,
+        len: usize,
+    ) -> Result<(), Reason> {
         let id = self.ip_id;
         self.ip_id = self.ip_id.wrapping_add(1);
         ipv4::write(&mut self.tx[eth::HLEN..], self.ip, dst, proto, id, len);
-        self.send_eth(dst_mac, eth::TYPE_IPV4, ipv4::HLEN + len)
+        self.send_eth_from(src_mac, dst_mac, eth::TYPE_IPV4, ipv4::HLEN + len)
     }
 
     /// Longest UDP payload one frame carries.
@@ -257,13 +297,27 @@ impl Stack {
         dport: u16,
         data: &[u8],
     ) -> Result<(), Reason> {
+        self.send_udp_from(self.mac, dst_mac, dst, sport, dport, data)
+    }
+
+    /// [`Stack::send_udp`] in a frame from Ethernet address `src_mac`
+    /// (not necessarily ours).
+    pub fn send_udp_from(
+        &mut self,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        dst: Ip,
+        sport: u16,
+        dport: u16,
+        data: &[u8],
+    ) -> Result<(), Reason> {
         if data.len() > Self::MAX_UDP {
             crate::fail!("UDP payload of {} bytes > {}", data.len(), Self::MAX_UDP);
         }
         const AT: usize = eth::HLEN + ipv4::HLEN;
         self.tx[AT + udp::HLEN..AT + udp::HLEN + data.len()].copy_from_slice(data);
         let len = udp::write(&mut self.tx[AT..], self.ip, dst, sport, dport, data.len());
-        self.send_ip(dst_mac, dst, ipv4::PROTO_UDP, len)
+        self.send_ip_from(src_mac, dst_mac, dst, ipv4::PROTO_UDP, len)
     }
 
     /// Sends an ICMP echo request to `dst` with `data_len` bytes of a

@@ -7,10 +7,7 @@ use super::{blk_rw, net, Ctx, Reason, Scenario};
 use crate::virtio::console::Console;
 
 /// The scenario.
-pub const SCENARIO: Scenario = Scenario {
-    name: "demo",
-    run,
-};
+pub const SCENARIO: Scenario = Scenario { name: "demo", run };
 
 fn run(ctx: &Ctx) -> Result<(), Reason> {
     crate::println!("VMDT {} step=disk", ctx.name);

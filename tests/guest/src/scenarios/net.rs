@@ -3,9 +3,11 @@
 //! against `expect_ip=`/`expect_router=`, ARP-resolves and pings the
 //! router (or `peer=IP`), optionally exchanges UDP datagrams with an echo
 //! service (`udp=IP:PORT`, `count=N`) and runs a transmit or receive
-//! benchmark (`bench=tx|rx`, `ms=`, `size=`). `echo=PORT` answers UDP
-//! datagrams to that port (always, and for `linger=MS` at the end, for
-//! two guests testing each other).
+//! benchmark (`bench=tx|rx`, `ms=`, `size=`); `spoof=MAC` first sends
+//! one datagram `vmdt-spoof` from that forged source address (to test
+//! `locked lladdr`). `echo=PORT` answers UDP datagrams to that port
+//! (always, and for `linger=MS` at the end, for two guests testing each
+//! other).
 
 use super::{Ctx, Reason, Scenario};
 use crate::cpu;
@@ -70,6 +72,16 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
             None => crate::fail!("udp= takes IP:PORT"),
         },
     };
+    let spoof = match ctx.boot.arg("spoof") {
+        None => None,
+        Some(s) => match Mac::parse(s) {
+            Some(mac) => Some(mac),
+            None => crate::fail!("spoof= takes an Ethernet address aa:bb:cc:dd:ee:ff"),
+        },
+    };
+    if spoof.is_some() && udp.is_none() {
+        crate::fail!("spoof= needs udp=IP:PORT");
+    }
     let bench = ctx.boot.arg("bench");
     if !matches!(bench, None | Some("tx") | Some("rx")) {
         crate::fail!("bench= takes tx or rx");
@@ -189,6 +201,13 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
     let mut udp_mac = [0u8; 6];
     if let Some((ip, port)) = udp {
         udp_mac = stack.resolve(stack.next_hop(ip), ARP_TIMEOUT_MS)?;
+        if let Some(forged) = spoof {
+            // One datagram from a forged source address, before the
+            // genuine ones (same queue: a receiver that got a genuine one
+            // would have got this one first).
+            stack.send_udp_from(forged, udp_mac, ip, UDP_PORT, port, b"vmdt-spoof")?;
+            crate::println!("VMDT {name} spoof src={}", Mac(forged));
+        }
         let mut received = 0u64;
         for k in 0..count {
             let mut text = [0u8; 32];
