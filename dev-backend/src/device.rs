@@ -133,11 +133,19 @@ pub trait Device: Send + Sync + 'static {
 ///   to the used ring (vhost-user spec, "Inflight I/O tracking").
 /// - The call eventfd is signalled only when virtio-queue's
 ///   `needs_notification` says so (virtio 1.2 §2.7.10, used_event).
+/// - While the device drains the ring, the driver is asked not to notify
+///   (VRING_USED_F_NO_NOTIFY, or avail_event with EVENT_IDX): one kick
+///   wakes the worker, and whatever the driver adds meanwhile is seen by
+///   the next [`pop`](Self::pop). Notifications are on again whenever
+///   `pop` finds the ring empty, and when the call ends (the worker calls
+///   [`finish`](Self::finish)), so a kick is never lost.
 pub struct QueueContext<'a> {
     vring: &'a mut Vring,
     mem: &'a GuestMemoryMmap,
     metrics: &'a Metrics,
     notified_used: u16,
+    /// The driver was asked not to notify.
+    quiet: bool,
 }
 
 impl<'a> QueueContext<'a> {
@@ -152,7 +160,22 @@ impl<'a> QueueContext<'a> {
             mem,
             metrics,
             notified_used,
+            quiet: false,
         }
+    }
+
+    /// Turns driver notifications back on if [`pop`](Self::pop) turned them
+    /// off and did not reach the end of the ring (the device stopped early,
+    /// e.g. a receive queue with nothing to deliver).
+    pub(crate) fn finish(&mut self) -> Result<(), HandleError> {
+        if self.quiet {
+            self.quiet = false;
+            self.vring
+                .queue
+                .enable_notification(self.mem)
+                .map_err(|e| self.guest(format!("enabling notifications: {e}")))?;
+        }
+        Ok(())
     }
 
     /// The queue index.
@@ -195,6 +218,13 @@ impl<'a> QueueContext<'a> {
             Metrics::bump(&self.metrics.resubmitted);
             return self.walk(head).map(Some);
         }
+        if !self.quiet {
+            self.vring
+                .queue
+                .disable_notification(self.mem)
+                .map_err(|e| self.guest(format!("disabling notifications: {e}")))?;
+            self.quiet = true;
+        }
         loop {
             if let Some(head) = self.next_avail_head()? {
                 let chain = self.walk(head)?;
@@ -213,9 +243,16 @@ impl<'a> QueueContext<'a> {
                 .queue
                 .enable_notification(self.mem)
                 .map_err(|e| self.guest(format!("enabling notifications: {e}")))?;
+            self.quiet = false;
             if !more {
                 return Ok(None);
             }
+            // Entries came meanwhile: take them quietly again.
+            self.vring
+                .queue
+                .disable_notification(self.mem)
+                .map_err(|e| self.guest(format!("disabling notifications: {e}")))?;
+            self.quiet = true;
         }
     }
 

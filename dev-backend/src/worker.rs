@@ -184,6 +184,7 @@ impl<D: Device> Run<D> {
         let result = self
             .device
             .handle_queue(self.index, &mut ctx)
+            .and_then(|()| ctx.finish())
             .and_then(|()| ctx.notify());
         let Err(e) = result else {
             return;
