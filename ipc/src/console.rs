@@ -98,6 +98,33 @@ impl Packet {
     }
 }
 
+/// Sends `packet` on the seqpacket socket `side` as one packet, waiting
+/// for room (the monitor's callers send from threads that may wait, never
+/// from a vCPU). SIGPIPE is not raised when the peer is gone: that is an
+/// error (EPIPE).
+pub fn send(side: std::os::fd::BorrowedFd<'_>, packet: &Packet) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let wire = packet.encode();
+    loop {
+        // SAFETY: send reads `wire.len()` bytes from a live buffer.
+        let ret = unsafe {
+            libc::send(
+                side.as_raw_fd(),
+                wire.as_ptr().cast(),
+                wire.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if ret >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -170,22 +170,9 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Sends one packet, blocking (control packets are rare and small).
+/// Sends one packet, waiting for room (control packets are rare and small).
 fn send(side: &OwnedFd, packet: &Packet) -> io::Result<()> {
-    let wire = packet.encode();
-    // SAFETY: send reads `wire.len()` bytes from a live buffer.
-    let ret = unsafe {
-        libc::send(
-            side.as_raw_fd(),
-            wire.as_ptr().cast(),
-            wire.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    ipc::console::send(side.as_fd(), packet)
 }
 
 /// The input thread of one dev-console: ComInput packets into COM1's

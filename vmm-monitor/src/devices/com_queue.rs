@@ -14,7 +14,7 @@
 //!   the VM) and drained, or once the side channel fails (dev-console gone).
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 
 use ipc::console::{Packet, MAX_BYTES};
@@ -89,21 +89,7 @@ impl ComQueue {
 
     fn forward(&self, side: &OwnedFd) {
         while let Some(batch) = self.next_batch() {
-            let wire = Packet::ComOutput(batch).encode();
-            // SAFETY: send reads `wire.len()` bytes from a live buffer.
-            let ret = unsafe {
-                libc::send(
-                    side.as_raw_fd(),
-                    wire.as_ptr().cast(),
-                    wire.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if ret < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
+            if let Err(e) = ipc::console::send(side.as_fd(), &Packet::ComOutput(batch)) {
                 log::debug!("console: COM1 forwarding ends: {e}");
                 // Later pushes are dropped once the queue is full.
                 return;
@@ -115,7 +101,7 @@ impl ComQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::FromRawFd;
+    use std::os::fd::{AsRawFd, FromRawFd};
 
     fn pair() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
