@@ -16,6 +16,7 @@
 //! | [`inflight`] | the shared inflight region (split rings): mark, complete, recover |
 //! | [`config`] | configuration-change messages over the backend channel |
 //! | [`metrics`] | the counters each device keeps |
+//! | [`process`] | the device process's `--socket-fd` / `--socket` connection and passed fds |
 //! | `testing` | (feature `test-driver`) an in-process frontend and an echo device |
 //!
 //! What vhost-user-backend 0.24 lacks and this layer adds: inflight I/O
@@ -35,6 +36,7 @@ pub mod handler;
 pub mod inflight;
 pub mod memory;
 pub mod metrics;
+pub mod process;
 pub mod serve;
 mod sys;
 pub mod vring;
@@ -48,4 +50,5 @@ pub use config::{ConfigError, ConfigNotifier};
 pub use device::{Device, HandleError, QueueContext};
 pub use memory::GuestMemoryMmap;
 pub use metrics::{Metrics, MetricsSnapshot};
+pub use process::{Connection, ConnectionArgs, Endpoint, FdError};
 pub use serve::{serve_connection, serve_path, ServeError};

@@ -12,6 +12,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+pub use dev_backend::process::Connection;
+use dev_backend::process::{passed_fd, ConnectionArgs, FdError};
 
 use crate::disk::Format;
 
@@ -41,17 +43,9 @@ pub const MAX_IO_THREADS: usize = 256;
     about = "vhost-user-blk backend for raw and qcow2 images"
 )]
 pub struct Cli {
-    /// Inherited fd of the vhost-user connection (under the monitor).
-    #[arg(
-        long,
-        value_name = "FD",
-        conflicts_with = "socket",
-        required_unless_present = "socket"
-    )]
-    pub socket_fd: Option<i32>,
-    /// Socket path to listen on (standalone).
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    /// The vhost-user connection: `--socket-fd FD` or `--socket PATH`.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Inherited fd of the image (under the monitor).
     #[arg(
         long,
@@ -84,15 +78,6 @@ pub struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-}
-
-/// Where the connection comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Connection {
-    /// An inherited, connected socket.
-    Fd(i32),
-    /// A path to listen on.
-    Listen(PathBuf),
 }
 
 /// Where the image comes from.
@@ -138,13 +123,8 @@ pub enum ConfigError {
     #[error("--queues: {0} is out of range (1 to {MAX_QUEUES})")]
     Queues(u16),
     /// An fd below 3 (stdin/stdout/stderr are not passed resources).
-    #[error("--{option}: fd {fd} is not a passed fd (3 or more)")]
-    Fd {
-        /// The option.
-        option: &'static str,
-        /// The fd.
-        fd: i32,
-    },
+    #[error(transparent)]
+    Fd(#[from] FdError),
     /// I/O thread count out of range.
     #[error("--io-threads: {0} is out of range (1 to {MAX_IO_THREADS})")]
     IoThreads(usize),
@@ -156,23 +136,14 @@ pub enum ConfigError {
     BackingWithPath,
 }
 
-fn passed_fd(option: &'static str, fd: i32) -> Result<i32, ConfigError> {
-    if fd >= 3 {
-        Ok(fd)
-    } else {
-        Err(ConfigError::Fd { option, fd })
-    }
-}
-
 impl TryFrom<Cli> for BlockConfig {
     type Error = ConfigError;
 
     fn try_from(cli: Cli) -> Result<Self, ConfigError> {
-        let connection = match (cli.socket_fd, cli.socket) {
-            (Some(fd), _) => Connection::Fd(passed_fd("socket-fd", fd)?),
-            (None, Some(path)) => Connection::Listen(path),
-            (None, None) => return Err(ConfigError::Missing("--socket-fd or --socket")),
-        };
+        let connection = cli
+            .connection
+            .connection()?
+            .ok_or(ConfigError::Missing("--socket-fd or --socket"))?;
         let image = match (cli.disk_fd, cli.disk) {
             (Some(fd), _) => ImageSource::Fds {
                 image: passed_fd("disk-fd", fd)?,

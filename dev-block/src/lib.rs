@@ -21,24 +21,18 @@ pub mod request;
 pub mod wire;
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use config::{BlockConfig, Connection, ImageSource, DEFAULT_QUEUE_SIZE};
+use config::{BlockConfig, ImageSource, DEFAULT_QUEUE_SIZE};
+use dev_backend::process::{take_passed_fd, FdError};
 use disk::{open_image, FileListOpener, OpenError, PathOpener};
 
 /// Why dev-block stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A passed fd is not open.
-    #[error("fd {fd} ({what}) is not open")]
-    BadFd {
-        /// The fd.
-        fd: i32,
-        /// What it was for.
-        what: &'static str,
-    },
+    #[error(transparent)]
+    BadFd(#[from] FdError),
     /// The image could not be opened.
     #[error("cannot open the image {name}")]
     OpenPath {
@@ -60,14 +54,8 @@ pub enum RunError {
 }
 
 /// Takes ownership of passed fd `fd` after checking that it is open.
-fn take_fd(fd: i32, what: &'static str) -> Result<File, RunError> {
-    // SAFETY: F_GETFD only queries the fd's flags.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(RunError::BadFd { fd, what });
-    }
-    // SAFETY: the fd is open, was passed to this process for this purpose,
-    // and nothing else in the process owns it.
-    Ok(unsafe { File::from_raw_fd(fd) })
+fn take_fd(fd: i32, what: &'static str) -> Result<File, FdError> {
+    take_passed_fd(fd, what).map(File::from)
 }
 
 /// Opens the image, builds the device and serves it until the frontend
@@ -113,17 +101,8 @@ pub fn run(config: BlockConfig) -> Result<(), RunError> {
     let device = device::BlockDevice::new(disk, &config.serial, config.queues, DEFAULT_QUEUE_SIZE);
     let backend = backend::BlockBackend::new(device, DEFAULT_QUEUE_SIZE, config.io_threads)?;
     log::info!("{} I/O threads", backend.io_threads());
-    match config.connection {
-        Connection::Fd(fd) => {
-            let socket = take_fd(fd, "vhost-user socket")?;
-            // SAFETY: `socket` owns a connected unix stream socket fd passed
-            // by the monitor; ownership moves into the UnixStream.
-            let stream =
-                unsafe { UnixStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(socket)) };
-            dev_backend::serve::serve_connection(stream, backend)?;
-            log::info!("the frontend hung up");
-            Ok(())
-        }
-        Connection::Listen(path) => Ok(dev_backend::serve::serve_path(&path, backend)?),
-    }
+    // Standalone, serving returns only errors.
+    config.connection.open()?.serve(backend)?;
+    log::info!("the frontend hung up");
+    Ok(())
 }

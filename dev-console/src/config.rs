@@ -12,9 +12,9 @@
 //!   opened and its slave's name logged; `--com-fd` is optional, and
 //!   without it the console counts as attached from the start.
 
-use std::path::PathBuf;
-
 use clap::Parser;
+pub use dev_backend::process::Connection;
+use dev_backend::process::{passed_fd, ConnectionArgs, FdError};
 
 /// Smallest (and default) ring of recent output: a few screens of boot
 /// messages, replayed to a client that attaches late.
@@ -31,17 +31,9 @@ pub const MAX_RING_SIZE: usize = 64 * 1024 * 1024;
     about = "vhost-user virtio-console backend merging the guest's virtio port and COM1 on a pty"
 )]
 pub struct Cli {
-    /// Inherited fd of the vhost-user connection (under the monitor).
-    #[arg(
-        long,
-        value_name = "FD",
-        conflicts_with = "socket",
-        required_unless_present = "socket"
-    )]
-    pub socket_fd: Option<i32>,
-    /// Socket path to listen on (standalone).
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    /// The vhost-user connection: `--socket-fd FD` or `--socket PATH`.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Inherited fd of the pty master.
     #[arg(long, value_name = "FD")]
     pub pty_fd: Option<i32>,
@@ -57,15 +49,6 @@ pub struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
-}
-
-/// Where the vhost-user connection comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Connection {
-    /// An inherited, connected socket.
-    Fd(i32),
-    /// A path to listen on.
-    Listen(PathBuf),
 }
 
 /// Where the pty comes from.
@@ -99,13 +82,8 @@ pub struct ConsoleConfig {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// An fd below 3 (stdin/stdout/stderr are not passed resources).
-    #[error("--{option}: fd {fd} is not a passed fd (3 or more)")]
-    Fd {
-        /// The option.
-        option: &'static str,
-        /// The fd.
-        fd: i32,
-    },
+    #[error(transparent)]
+    Fd(#[from] FdError),
     /// One fd given for two purposes.
     #[error("fd {0} is passed for two purposes")]
     SameFd(i32),
@@ -123,11 +101,8 @@ pub enum ConfigError {
     RingRange(u64),
 }
 
-fn passed_fd(option: &'static str, fd: Option<i32>) -> Result<Option<i32>, ConfigError> {
-    match fd {
-        Some(fd) if fd < 3 => Err(ConfigError::Fd { option, fd }),
-        other => Ok(other),
-    }
+fn passed_fd_opt(option: &'static str, fd: Option<i32>) -> Result<Option<i32>, FdError> {
+    fd.map(|fd| passed_fd(option, fd)).transpose()
 }
 
 fn ring_size(text: Option<&str>) -> Result<usize, ConfigError> {
@@ -145,17 +120,21 @@ impl TryFrom<Cli> for ConsoleConfig {
     type Error = ConfigError;
 
     fn try_from(cli: Cli) -> Result<Self, ConfigError> {
-        let socket_fd = passed_fd("socket-fd", cli.socket_fd)?;
-        let master = passed_fd("pty-fd", cli.pty_fd)?;
-        let slave = passed_fd("pty-slave-fd", cli.pty_slave_fd)?;
-        let side_channel = passed_fd("com-fd", cli.com_fd)?;
+        let connection = cli.connection.connection()?;
+        let master = passed_fd_opt("pty-fd", cli.pty_fd)?;
+        let slave = passed_fd_opt("pty-slave-fd", cli.pty_slave_fd)?;
+        let side_channel = passed_fd_opt("com-fd", cli.com_fd)?;
         let pty = match (master, slave) {
             (Some(master), Some(slave)) => PtySource::Fds { master, slave },
             (None, None) => PtySource::Open,
             _ => return Err(ConfigError::HalfPty),
         };
-        let connection = match (socket_fd, cli.socket) {
-            (Some(fd), _) => {
+        let socket_fd = match connection {
+            Some(Connection::Fd(fd)) => Some(fd),
+            _ => None,
+        };
+        let connection = match connection {
+            Some(Connection::Fd(fd)) => {
                 if pty == PtySource::Open {
                     return Err(ConfigError::Missing("--pty-fd"));
                 }
@@ -164,8 +143,8 @@ impl TryFrom<Cli> for ConsoleConfig {
                 }
                 Connection::Fd(fd)
             }
-            (None, Some(path)) => Connection::Listen(path),
-            (None, None) => return Err(ConfigError::Missing("--socket-fd or --socket")),
+            Some(listen) => listen,
+            None => return Err(ConfigError::Missing("--socket-fd or --socket")),
         };
         let mut fds: Vec<i32> = [socket_fd, master, slave, side_channel]
             .into_iter()

@@ -36,12 +36,12 @@ mod sys;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use config::{Connection, ConsoleConfig, PtySource};
+use config::{ConsoleConfig, PtySource};
 use console::{ConsoleLoop, Exit, Pty};
+use dev_backend::process::{take_passed_fd, FdError};
 use device::ConsoleDevice;
 use log::info;
 use state::{Shared, Source};
@@ -51,13 +51,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A passed fd is not open.
-    #[error("fd {fd} ({what}) is not open")]
-    BadFd {
-        /// The fd.
-        fd: i32,
-        /// What it was for.
-        what: &'static str,
-    },
+    #[error(transparent)]
+    BadFd(#[from] FdError),
     /// A passed pty fd is not a terminal.
     #[error("fd {fd} ({what}) is not a terminal")]
     NotTty {
@@ -97,15 +92,8 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
 }
 
 /// Takes ownership of passed fd `fd` after checking that it is open.
-fn take_fd(fd: i32, what: &'static str) -> Result<File, RunError> {
-    // SAFETY: F_GETFD only queries the fd's flags.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(RunError::BadFd { fd, what });
-    }
-    // SAFETY: the fd is open, was passed to this process for this purpose,
-    // and nothing else in the process owns it (the config refuses one fd
-    // for two purposes).
-    Ok(unsafe { File::from_raw_fd(fd) })
+fn take_fd(fd: i32, what: &'static str) -> Result<File, FdError> {
+    take_passed_fd(fd, what).map(File::from)
 }
 
 /// Takes passed fd `fd`, which must be a terminal.
@@ -150,10 +138,7 @@ fn take_side_channel(fd: i32) -> Result<OwnedFd, RunError> {
 pub fn run(config: ConsoleConfig) -> Result<(), RunError> {
     let pty = take_pty(&config.pty)?;
     let side = config.side_channel.map(take_side_channel).transpose()?;
-    let socket = match config.connection {
-        Connection::Fd(fd) => Some(take_fd(fd, "vhost-user socket")?),
-        Connection::Listen(_) => None,
-    };
+    let endpoint = config.connection.open()?;
     // Before any output, input goes to COM1 if there is one.
     let first_input = if side.is_some() {
         Source::Com1
@@ -165,18 +150,10 @@ pub fn run(config: ConsoleConfig) -> Result<(), RunError> {
     let device = Arc::new(ConsoleDevice::new(Arc::clone(&shared)));
     let stop = EventFd::new(EFD_NONBLOCK).map_err(setup("the stop eventfd"))?;
     let stopper = stop.try_clone().map_err(setup("the stop eventfd"))?;
-    let connection = config.connection;
     let serve = std::thread::Builder::new()
         .name("console-vu".into())
         .spawn(move || {
-            let result = match (connection, socket) {
-                (Connection::Listen(path), _) => dev_backend::serve::serve_path(&path, device),
-                (Connection::Fd(_), Some(socket)) => dev_backend::serve::serve_connection(
-                    UnixStream::from(OwnedFd::from(socket)),
-                    device,
-                ),
-                (Connection::Fd(_), None) => Ok(()),
-            };
+            let result = endpoint.serve(device);
             if let Err(e) = stopper.write(1) {
                 log::error!("stopping the console loop: {e}");
             }

@@ -9,9 +9,9 @@
 //!   NAME --mac ...`: it creates (or attaches to) tap NAME itself (needs
 //!   CAP_NET_ADMIN), listens on PATH, and listens again after each frontend.
 
-use std::path::PathBuf;
-
 use clap::Parser;
+pub use dev_backend::process::Connection;
+use dev_backend::process::{passed_fd, ConnectionArgs, FdError};
 
 use crate::mac::{MacAddr, MacParseError};
 
@@ -19,17 +19,9 @@ use crate::mac::{MacAddr, MacParseError};
 #[derive(Debug, Parser)]
 #[command(name = "dev-net", version, about = "vhost-user-net backend on a tap")]
 pub struct Cli {
-    /// Inherited fd of the vhost-user connection (under the monitor).
-    #[arg(
-        long,
-        value_name = "FD",
-        conflicts_with = "socket",
-        required_unless_present = "socket"
-    )]
-    pub socket_fd: Option<i32>,
-    /// Socket path to listen on (standalone).
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    /// The vhost-user connection: `--socket-fd FD` or `--socket PATH`.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Inherited tap fd, IFF_VNET_HDR set (under the monitor).
     #[arg(
         long,
@@ -64,15 +56,6 @@ pub struct Cli {
     pub verbose: u8,
 }
 
-/// Where the connection comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Connection {
-    /// An inherited, connected socket.
-    Fd(i32),
-    /// A path to listen on.
-    Listen(PathBuf),
-}
-
 /// Where the tap comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TapSource {
@@ -101,13 +84,8 @@ pub struct NetConfig {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// An fd below 3 (stdin/stdout/stderr are not passed resources).
-    #[error("--{option}: fd {fd} is not a passed fd (3 or more)")]
-    Fd {
-        /// The option.
-        option: &'static str,
-        /// The fd.
-        fd: i32,
-    },
+    #[error(transparent)]
+    Fd(#[from] FdError),
     /// One fd given for both the socket and the tap.
     #[error("--socket-fd and --tap-fd are both {0}")]
     SameFd(i32),
@@ -122,23 +100,14 @@ pub enum ConfigError {
     Missing(&'static str),
 }
 
-fn passed_fd(option: &'static str, fd: i32) -> Result<i32, ConfigError> {
-    if fd >= 3 {
-        Ok(fd)
-    } else {
-        Err(ConfigError::Fd { option, fd })
-    }
-}
-
 impl TryFrom<Cli> for NetConfig {
     type Error = ConfigError;
 
     fn try_from(cli: Cli) -> Result<Self, ConfigError> {
-        let connection = match (cli.socket_fd, cli.socket) {
-            (Some(fd), _) => Connection::Fd(passed_fd("socket-fd", fd)?),
-            (None, Some(path)) => Connection::Listen(path),
-            (None, None) => return Err(ConfigError::Missing("--socket-fd or --socket")),
-        };
+        let connection = cli
+            .connection
+            .connection()?
+            .ok_or(ConfigError::Missing("--socket-fd or --socket"))?;
         let tap = match (cli.tap_fd, cli.tap) {
             (Some(fd), _) => TapSource::Fd(passed_fd("tap-fd", fd)?),
             (None, Some(name)) => TapSource::Create(name),

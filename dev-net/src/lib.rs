@@ -37,12 +37,10 @@ pub mod tap;
 pub mod tx;
 pub mod wire;
 
-use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
-use config::{Connection, NetConfig, TapSource};
+use config::{NetConfig, TapSource};
+use dev_backend::process::{take_passed_fd, FdError};
 use device::NetDevice;
 use tap::{Tap, TapError};
 
@@ -50,13 +48,8 @@ use tap::{Tap, TapError};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A passed fd is not open.
-    #[error("fd {fd} ({what}) is not open")]
-    BadFd {
-        /// The fd.
-        fd: i32,
-        /// What it was for.
-        what: &'static str,
-    },
+    #[error(transparent)]
+    BadFd(#[from] FdError),
     /// The tap cannot be used.
     #[error("the tap")]
     Tap(#[from] TapError),
@@ -71,23 +64,11 @@ pub enum RunError {
     Dhcp(#[source] dhcp::DhcpConfigError),
 }
 
-/// Takes ownership of passed fd `fd` after checking that it is open.
-fn take_fd(fd: i32, what: &'static str) -> Result<File, RunError> {
-    // SAFETY: F_GETFD only queries the fd's flags.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(RunError::BadFd { fd, what });
-    }
-    // SAFETY: the fd is open, was passed to this process for this purpose,
-    // and nothing else in the process owns it (the config refuses one fd
-    // for two purposes).
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
 /// Builds the device on the tap and serves it until the frontend hangs up
 /// (monitor mode) or forever (standalone).
 pub fn run(config: NetConfig) -> Result<(), RunError> {
     let tap = match &config.tap {
-        TapSource::Fd(fd) => Tap::from_fd(OwnedFd::from(take_fd(*fd, "tap")?))?,
+        TapSource::Fd(fd) => Tap::from_fd(take_passed_fd(*fd, "tap")?)?,
         TapSource::Create(name) => Tap::create(name)?,
     };
     log::info!(
@@ -108,15 +89,12 @@ pub fn run(config: NetConfig) -> Result<(), RunError> {
         let server = dhcp::DhcpServer::new(dhcp).map_err(RunError::Dhcp)?;
         device.set_frame_filter(Box::new(server));
     }
-    let result = match config.connection {
-        Connection::Fd(fd) => {
-            let socket = take_fd(fd, "vhost-user socket")?;
-            let stream = UnixStream::from(OwnedFd::from(socket));
-            dev_backend::serve::serve_connection(stream, Arc::clone(&device))
-                .map(|()| log::info!("the frontend hung up"))
-        }
-        Connection::Listen(path) => dev_backend::serve::serve_path(&path, Arc::clone(&device)),
-    };
+    // Standalone, serving returns only errors.
+    let result = config
+        .connection
+        .open()?
+        .serve(Arc::clone(&device))
+        .map(|()| log::info!("the frontend hung up"));
     log::info!("{}", device.net_metrics());
     Ok(result?)
 }

@@ -771,3 +771,20 @@ fn vhost_user_frontend_requests_in_spec_order() {
         "a fresh inflight region: {log:?}"
     );
 }
+
+/// A backend that never answers fails the negotiation in bounded time
+/// instead of hanging the monitor.
+#[test]
+fn a_silent_backend_times_out_instead_of_hanging() {
+    let (ours, _silent) = std::os::unix::net::UnixStream::pair().unwrap();
+    let start = std::time::Instant::now();
+    let result = vmm_monitor::vhost_user::VhostUserDevice::connect_timeout(
+        "silent0",
+        ours,
+        2,
+        1,
+        std::time::Duration::from_millis(200),
+    );
+    assert!(result.is_err(), "negotiated with nobody");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+}

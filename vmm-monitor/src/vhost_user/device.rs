@@ -53,6 +53,40 @@ impl std::fmt::Debug for VhostUserDevice {
     }
 }
 
+/// Longest a backend may take to finish the initial negotiation.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Shuts a socket down unless disarmed within its timeout.
+struct Watchdog {
+    disarm: Option<crossbeam_channel::Sender<()>>,
+}
+
+impl Watchdog {
+    fn start(socket: &UnixStream, timeout: std::time::Duration) -> std::io::Result<Self> {
+        let victim = socket.try_clone()?;
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        std::thread::Builder::new()
+            .name("vhost-watchdog".into())
+            .spawn(move || {
+                if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(timeout)
+                {
+                    log::error!(
+                        "vhost-user backend did not answer within {timeout:?}; closing its socket"
+                    );
+                    let _ = victim.shutdown(std::net::Shutdown::Both);
+                }
+            })?;
+        Ok(Self { disarm: Some(tx) })
+    }
+
+    /// The negotiation ended: the socket stays.
+    fn disarm(mut self) {
+        if let Some(tx) = self.disarm.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 impl VhostUserDevice {
     /// Connects to a backend listening at `path`; see [`connect`](Self::connect).
     pub fn connect_path(
@@ -80,7 +114,27 @@ impl VhostUserDevice {
         device_type: u32,
         num_queues: u16,
     ) -> Result<Self, Error> {
+        Self::connect_timeout(name, socket, device_type, num_queues, REPLY_TIMEOUT)
+    }
+
+    /// [`connect`](Self::connect), the negotiation given at most `timeout`.
+    pub fn connect_timeout(
+        name: impl Into<String>,
+        socket: UnixStream,
+        device_type: u32,
+        num_queues: u16,
+        timeout: std::time::Duration,
+    ) -> Result<Self, Error> {
         let name = name.into();
+        // A backend that never answers must not hang the monitor: if the
+        // negotiation has not ended within `timeout`, a watchdog shuts the
+        // socket down and the pending request fails. (A read timeout on
+        // the socket would not do: the vhost crate retries on EAGAIN.)
+        let watchdog = Watchdog::start(&socket, timeout).map_err(|source| Error::Connect {
+            device: name.clone(),
+            path: "(passed socket)".into(),
+            source,
+        })?;
         let mut frontend = Frontend::from_stream(socket, u64::from(num_queues));
         let req = |request| {
             let device = name.clone();
@@ -135,6 +189,7 @@ impl VhostUserDevice {
             state: NegotiatedState::new(backend_features, protocol, queues),
         };
         device.refresh_config()?;
+        watchdog.disarm();
         Ok(device)
     }
 

@@ -8,8 +8,9 @@
 //! change) or, with `irq: false`, by polling the used rings.
 
 use super::queue::{Queue, DESC_F_NEXT, DESC_F_WRITE};
+use super::setup;
 use super::transport::{self, Transport, NO_VECTOR};
-use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, TYPE_BLOCK};
+use super::TYPE_BLOCK;
 use crate::bootinfo::BootInfo;
 use crate::cpu::{self, Deadline};
 use crate::entry::{VEC_IRQ_BASE, VEC_SPURIOUS};
@@ -185,18 +186,12 @@ impl Blk {
     fn init(&mut self, boot: &BootInfo) -> Result<(), Reason> {
         self.t.reset()?;
         let result = self.negotiate_and_setup(boot);
-        if result.is_err() {
-            self.t.fail();
-        }
-        result
+        setup::or_fail(&self.t, result)
     }
 
     fn negotiate_and_setup(&mut self, boot: &BootInfo) -> Result<(), Reason> {
         let t = &self.t;
-        t.add_status(STATUS_ACKNOWLEDGE);
-        t.add_status(STATUS_DRIVER);
-        let offered = t.device_features();
-        let features = t.negotiate(self.wanted)?;
+        let (offered, features) = setup::negotiate(t, self.wanted)?;
         let has = |f: u64| features & f != 0;
         let cfg = Config {
             capacity: t.config_u64(0),
@@ -254,40 +249,18 @@ impl Blk {
             }
         }
         for q in 0..self.nq {
-            let max = self.t.select_queue(q as u16);
-            if max == 0 {
-                crate::fail!("{func}: queue {q} unavailable");
-            }
-            let mut size = QUEUE_SIZE;
-            while size > max {
-                size /= 2;
-            }
-            let mut queue = Queue::new(boot, q as u16, size)?;
             let vector = if self.irq { q as u16 + 1 } else { NO_VECTOR };
-            let kept = self
-                .t
-                .setup_queue(size, queue.desc, queue.avail, queue.used, vector);
-            if kept != vector {
-                crate::fail!("{func}: queue {q} MSI-X vector {vector} refused ({kept:#x})");
-            }
-            queue.notify_addr = self.t.queue_notify_addr();
-            self.t.enable_queue();
+            let mut queue = setup::queue(&self.t, boot, q as u16, QUEUE_SIZE, vector)?;
             if self.irq {
                 queue.irq = Some(q + 1);
-            } else {
-                queue.suppress_interrupts();
             }
-            self.slots = self.slots.min(usize::from(size / DESC_PER_SLOT));
+            self.slots = self.slots.min(usize::from(queue.size / DESC_PER_SLOT));
             self.queues[q] = queue;
         }
         if self.slots == 0 {
             crate::fail!("{func}: queues too small for a request");
         }
-        self.t.add_status(STATUS_DRIVER_OK);
-        let status = self.t.status();
-        if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
-            crate::fail!("{func}: status {status:#x} after DRIVER_OK");
-        }
+        setup::driver_ok(&self.t)?;
         if self.irq {
             cpu::sti();
         }

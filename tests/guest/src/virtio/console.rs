@@ -15,14 +15,12 @@
 
 use core::fmt::{self, Write};
 
-use super::queue::{Queue, DESC_F_WRITE};
-use super::transport::{self, Transport, NO_VECTOR};
-use super::{
-    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, TYPE_CONSOLE,
-};
+use super::queue::Queue;
+use super::setup::{self, TxBufs};
+use super::transport::{Transport, NO_VECTOR};
+use super::TYPE_CONSOLE;
 use crate::bootinfo::BootInfo;
 use crate::cpu;
-use crate::dma;
 use crate::scenarios::Reason;
 
 // Feature bits (§5.3.3) left alone: SIZE (0), MULTIPORT (1), EMERG_WRITE
@@ -53,12 +51,9 @@ pub struct Console {
     pub offered: u64,
     pub features: u64,
     rx: Queue,
-    tx: Queue,
-    /// Buffer areas (buffer `i` at `base + i * size`).
+    tx: TxBufs,
+    /// Receive buffer area (buffer `i` at `rx_bufs + i * RX_BUF`).
     rx_bufs: u64,
-    tx_bufs: u64,
-    /// Transmit buffers the device holds (bit `i`: buffer `i`).
-    tx_busy: u64,
     /// The returned receive buffer being consumed: (id, used length,
     /// next byte).
     cur: Option<(u16, u32, u32)>,
@@ -95,17 +90,14 @@ impl Console {
     /// Finds, resets and initialises the first virtio console on bus 0
     /// (fails with "no virtio device of type 3 on bus 0" without one).
     pub fn open(boot: &BootInfo) -> Result<Console, Reason> {
-        let t = transport::find(TYPE_CONSOLE)?;
-        t.reset()?;
+        let t = setup::open(TYPE_CONSOLE)?;
         let mut con = Console {
             t,
             offered: 0,
             features: 0,
             rx: Queue::default(),
-            tx: Queue::default(),
+            tx: TxBufs::default(),
             rx_bufs: 0,
-            tx_bufs: 0,
-            tx_busy: 0,
             cur: None,
             line: [0; MAX_LINE],
             line_len: 0,
@@ -114,79 +106,34 @@ impl Console {
             after_cr: false,
             tsc_ms: cpu::tsc_per_ms(),
         };
-        if let Err(reason) = con.setup(boot) {
-            con.t.fail();
-            return Err(reason);
-        }
+        let result = con.setup(boot);
+        setup::or_fail(&con.t, result)?;
         Ok(con)
     }
 
     fn setup(&mut self, boot: &BootInfo) -> Result<(), Reason> {
-        let func = self.t.func;
-        self.t.add_status(STATUS_ACKNOWLEDGE);
-        self.t.add_status(STATUS_DRIVER);
-        self.offered = self.t.device_features();
-        self.features = self.t.negotiate(0)?;
-        if self.t.num_queues() < 2 {
-            crate::fail!("{func}: {} queues, port 0 needs 2", self.t.num_queues());
-        }
-        self.rx = self.queue(boot, RX_QUEUE)?;
-        self.tx = self.queue(boot, TX_QUEUE)?;
-        self.rx_bufs = dma::alloc(boot, u64::from(self.rx.size) * RX_BUF, 4096)?;
-        self.tx_bufs = dma::alloc(boot, u64::from(self.tx.size) * TX_BUF, 4096)?;
-        for i in 0..self.rx.size {
-            self.rx
-                .set_desc(i, self.rx_buf(i), RX_BUF as u32, DESC_F_WRITE, 0);
-        }
-        self.t.add_status(STATUS_DRIVER_OK);
-        let status = self.t.status();
-        if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
-            crate::fail!("{func}: status {status:#x} after DRIVER_OK");
-        }
+        let t = &self.t;
+        (self.offered, self.features) = setup::negotiate(t, 0)?;
+        setup::need_queues(t, 2, "port 0 needs")?;
+        self.rx = setup::queue(t, boot, RX_QUEUE, QUEUE_SIZE, NO_VECTOR)?;
+        let tx = setup::queue(t, boot, TX_QUEUE, QUEUE_SIZE, NO_VECTOR)?;
+        self.rx_bufs = setup::alloc_bufs(boot, &self.rx, RX_BUF)?;
+        self.tx = TxBufs::new(boot, tx, TX_BUF, "transmitq0", TX_WAIT_MS)?;
+        self.rx.set_write_bufs(self.rx_bufs, RX_BUF, RX_BUF as u32);
+        setup::driver_ok(&self.t)?;
         // Post every receive buffer (the device may not use buffers before
         // DRIVER_OK).
-        for i in 0..self.rx.size {
-            self.rx.push(i);
-        }
-        self.rx.publish();
+        self.rx.post_all();
         Ok(())
-    }
-
-    /// Sets up queue `index` (polled, no MSI-X vector).
-    fn queue(&self, boot: &BootInfo, index: u16) -> Result<Queue, Reason> {
-        let func = self.t.func;
-        let max = self.t.select_queue(index);
-        if max == 0 {
-            crate::fail!("{func}: queue {index} unavailable");
-        }
-        let mut size = QUEUE_SIZE;
-        while size > max {
-            size /= 2;
-        }
-        let mut queue = Queue::new(boot, index, size)?;
-        let kept = self
-            .t
-            .setup_queue(size, queue.desc, queue.avail, queue.used, NO_VECTOR);
-        if kept != NO_VECTOR {
-            crate::fail!("{func}: queue {index} took MSI-X vector {kept:#x}, none set");
-        }
-        queue.notify_addr = self.t.queue_notify_addr();
-        queue.suppress_interrupts();
-        self.t.enable_queue();
-        Ok(queue)
     }
 
     /// Sizes of the receive and transmit queues.
     pub fn queue_sizes(&self) -> (u16, u16) {
-        (self.rx.size, self.tx.size)
+        (self.rx.size, self.tx.queue.size)
     }
 
     fn rx_buf(&self, i: u16) -> u64 {
         self.rx_bufs + u64::from(i) * RX_BUF
-    }
-
-    fn tx_buf(&self, i: u16) -> u64 {
-        self.tx_bufs + u64::from(i) * TX_BUF
     }
 
     /// A TSC deadline `ms` from now.
@@ -194,30 +141,10 @@ impl Console {
         cpu::rdtsc().saturating_add(ms.saturating_mul(self.tsc_ms))
     }
 
-    /// Takes the transmit buffers the device has returned.
-    fn reap(&mut self) -> Result<(), Reason> {
-        while let Some((id, _)) = self.tx.pop_used() {
-            if id >= u32::from(self.tx.size) || self.tx_busy & (1 << id) == 0 {
-                crate::fail!("transmitq0: used id {id} was not in flight");
-            }
-            self.tx_busy &= !(1 << id);
-        }
-        Ok(())
-    }
-
     /// Whether a transmit buffer is free now (without waiting).
     pub fn can_send(&mut self) -> Result<bool, Reason> {
-        self.reap()?;
-        Ok(self.free_tx().is_some())
-    }
-
-    fn free_tx(&self) -> Option<u16> {
-        (0..self.tx.size).find(|&i| self.tx_busy & (1 << i) == 0)
-    }
-
-    /// Transmit buffers the device holds.
-    pub fn in_flight(&self) -> u32 {
-        self.tx_busy.count_ones()
+        self.tx.reap()?;
+        Ok(self.tx.free().is_some())
     }
 
     /// Queues `bytes` on transmitq0 (in buffers of up to [`TX_BUF`] bytes)
@@ -225,63 +152,21 @@ impl Console {
     /// (bounded) only for a free buffer.
     pub fn send(&mut self, bytes: &[u8]) -> Result<(), Reason> {
         for chunk in bytes.chunks(TX_BUF as usize) {
-            self.reap()?;
-            let slot = match self.free_tx() {
-                Some(slot) => slot,
-                None => {
-                    let deadline = self.deadline(TX_WAIT_MS);
-                    loop {
-                        self.reap()?;
-                        if let Some(slot) = self.free_tx() {
-                            break slot;
-                        }
-                        if cpu::rdtsc() >= deadline {
-                            crate::fail!(
-                                "transmitq0: no buffer returned in {TX_WAIT_MS} ms ({} in flight, status {:#x})",
-                                self.in_flight(),
-                                self.t.status()
-                            );
-                        }
-                        core::hint::spin_loop();
-                    }
-                }
-            };
-            let addr = self.tx_buf(slot);
+            let (slot, addr) = self.tx.acquire(&self.t)?;
             for (k, &b) in chunk.iter().enumerate() {
                 // SAFETY: byte `k` < TX_BUF of transmit buffer `slot`, RAM
                 // from `dma::alloc` (no Rust object) the device does not
-                // hold (its bit in `tx_busy` is clear).
+                // hold (`acquire` returned it).
                 unsafe { ((addr + k as u64) as *mut u8).write_volatile(b) };
             }
-            self.tx.set_desc(slot, addr, chunk.len() as u32, 0, 0);
-            self.tx.push(slot);
-            self.tx_busy |= 1 << slot;
-            self.tx.publish();
+            self.tx.submit(slot, chunk.len() as u32);
         }
         Ok(())
     }
 
     /// Waits (bounded) until the device has returned every transmit buffer.
     pub fn flush(&mut self) -> Result<(), Reason> {
-        self.reap()?;
-        if self.tx_busy == 0 {
-            return Ok(());
-        }
-        let deadline = self.deadline(TX_WAIT_MS);
-        loop {
-            self.reap()?;
-            if self.tx_busy == 0 {
-                return Ok(());
-            }
-            if cpu::rdtsc() >= deadline {
-                crate::fail!(
-                    "transmitq0: {} buffers not returned in {TX_WAIT_MS} ms (status {:#x})",
-                    self.in_flight(),
-                    self.t.status()
-                );
-            }
-            core::hint::spin_loop();
-        }
+        self.tx.flush(&self.t)
     }
 
     /// Writes `bytes` and waits until the device has taken them.

@@ -1,5 +1,6 @@
 //! virtio 1.x (modern) over PCI, driven at CPL3: the PCI transport
-//! (`transport`), split virtqueues (`queue`), the block device (`blk`) and
+//! (`transport`), split virtqueues (`queue`), the initialisation steps
+//! the drivers share (`setup`), the block device (`blk`) and
 //! the console (`console`, port 0 only) and the network device (`net`).
 //!
 //! Everything is in guest RAM or in BARs identity mapped by `paging`/`pci`,
@@ -9,6 +10,7 @@ pub mod blk;
 pub mod console;
 pub mod net;
 pub mod queue;
+pub mod setup;
 pub mod transport;
 
 /// PCI vendor ID of virtio devices.

@@ -13,12 +13,12 @@
 //! are published without waiting ([`Net::send`]); [`Net::flush`] waits
 //! for the device to return them all.
 
-use super::queue::{Queue, DESC_F_WRITE};
-use super::transport::{self, Transport, NO_VECTOR};
-use super::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_NEEDS_RESET, TYPE_NET};
+use super::queue::Queue;
+use super::setup::{self, TxBufs};
+use super::transport::{Transport, NO_VECTOR};
+use super::TYPE_NET;
 use crate::bootinfo::BootInfo;
 use crate::cpu;
-use crate::dma;
 use crate::scenarios::Reason;
 
 /// Feature bits (§5.1.3) this driver accepts.
@@ -55,13 +55,10 @@ pub struct Net {
     /// VIRTIO_NET_F_MAC).
     pub mac: [u8; 6],
     rx: Queue,
-    tx: Queue,
+    tx: TxBufs,
     rx_bufs: u64,
     /// Bytes of each receive buffer posted (<= BUF).
     rx_len: usize,
-    tx_bufs: u64,
-    /// Transmit buffers the device holds (bit `i`: buffer `i`).
-    tx_busy: u64,
     /// TSC ticks per millisecond (cached: CPUID is an `int3` request).
     tsc_ms: u64,
     /// Frames sent and received.
@@ -79,37 +76,29 @@ impl Net {
     /// MRG_RXBUF at least [`HDR`], without it whole frames must fit: at
     /// least 1526), so smaller ones make the device merge buffers.
     pub fn open(boot: &BootInfo, rx_buf: usize) -> Result<Net, Reason> {
-        let t = transport::find(TYPE_NET)?;
-        t.reset()?;
+        let t = setup::open(TYPE_NET)?;
         let mut net = Net {
             t,
             offered: 0,
             features: 0,
             mac: [0x02, 0x00, 0x00, 0x00, 0x00, 0x01],
             rx: Queue::default(),
-            tx: Queue::default(),
+            tx: TxBufs::default(),
             rx_bufs: 0,
             rx_len: rx_buf.min(BUF),
-            tx_bufs: 0,
-            tx_busy: 0,
             tsc_ms: cpu::tsc_per_ms(),
             tx_frames: 0,
             rx_frames: 0,
             rx_dropped: 0,
         };
-        if let Err(reason) = net.setup(boot) {
-            net.t.fail();
-            return Err(reason);
-        }
+        let result = net.setup(boot);
+        setup::or_fail(&net.t, result)?;
         Ok(net)
     }
 
     fn setup(&mut self, boot: &BootInfo) -> Result<(), Reason> {
         let func = self.t.func;
-        self.t.add_status(STATUS_ACKNOWLEDGE);
-        self.t.add_status(STATUS_DRIVER);
-        self.offered = self.t.device_features();
-        self.features = self.t.negotiate(F_MAC | F_MRG_RXBUF)?;
+        (self.offered, self.features) = setup::negotiate(&self.t, F_MAC | F_MRG_RXBUF)?;
         if self.features & F_MAC != 0 {
             for (i, b) in self.mac.iter_mut().enumerate() {
                 *b = self.t.config_u8(i as u32);
@@ -123,56 +112,22 @@ impl Net {
         if self.rx_len < min {
             crate::fail!("{func}: receive buffers of {} bytes < {min}", self.rx_len);
         }
-        if self.t.num_queues() < 2 {
-            crate::fail!("{func}: {} queues, need 2", self.t.num_queues());
-        }
-        self.rx = self.queue(boot, RX_QUEUE)?;
-        self.tx = self.queue(boot, TX_QUEUE)?;
-        self.rx_bufs = dma::alloc(boot, u64::from(self.rx.size) * BUF as u64, 4096)?;
-        self.tx_bufs = dma::alloc(boot, u64::from(self.tx.size) * BUF as u64, 4096)?;
-        for i in 0..self.rx.size {
-            self.rx
-                .set_desc(i, self.rx_buf(i), self.rx_len as u32, DESC_F_WRITE, 0);
-        }
-        self.t.add_status(STATUS_DRIVER_OK);
-        let status = self.t.status();
-        if status & STATUS_DRIVER_OK == 0 || status & STATUS_NEEDS_RESET != 0 {
-            crate::fail!("{func}: status {status:#x} after DRIVER_OK");
-        }
-        for i in 0..self.rx.size {
-            self.rx.push(i);
-        }
-        self.rx.publish();
+        let t = &self.t;
+        setup::need_queues(t, 2, "need")?;
+        self.rx = setup::queue(t, boot, RX_QUEUE, QUEUE_SIZE, NO_VECTOR)?;
+        let tx = setup::queue(t, boot, TX_QUEUE, QUEUE_SIZE, NO_VECTOR)?;
+        self.rx_bufs = setup::alloc_bufs(boot, &self.rx, BUF as u64)?;
+        self.tx = TxBufs::new(boot, tx, BUF as u64, "transmitq1", WAIT_MS)?;
+        self.rx
+            .set_write_bufs(self.rx_bufs, BUF as u64, self.rx_len as u32);
+        setup::driver_ok(&self.t)?;
+        self.rx.post_all();
         Ok(())
-    }
-
-    /// Sets up queue `index` (polled, no MSI-X vector).
-    fn queue(&self, boot: &BootInfo, index: u16) -> Result<Queue, Reason> {
-        let func = self.t.func;
-        let max = self.t.select_queue(index);
-        if max == 0 {
-            crate::fail!("{func}: queue {index} unavailable");
-        }
-        let mut size = QUEUE_SIZE;
-        while size > max {
-            size /= 2;
-        }
-        let mut queue = Queue::new(boot, index, size)?;
-        let kept = self
-            .t
-            .setup_queue(size, queue.desc, queue.avail, queue.used, NO_VECTOR);
-        if kept != NO_VECTOR {
-            crate::fail!("{func}: queue {index} took MSI-X vector {kept:#x}, none set");
-        }
-        queue.notify_addr = self.t.queue_notify_addr();
-        queue.suppress_interrupts();
-        self.t.enable_queue();
-        Ok(queue)
     }
 
     /// Sizes of the receive and transmit queues.
     pub fn queue_sizes(&self) -> (u16, u16) {
-        (self.rx.size, self.tx.size)
+        (self.rx.size, self.tx.queue.size)
     }
 
     /// Link status (config `status` bit 0) when the device offers
@@ -186,38 +141,8 @@ impl Net {
         self.rx_bufs + u64::from(i) * BUF as u64
     }
 
-    fn tx_buf(&self, i: u16) -> u64 {
-        self.tx_bufs + u64::from(i) * BUF as u64
-    }
-
     fn deadline(&self, ms: u64) -> u64 {
         cpu::rdtsc().saturating_add(ms.saturating_mul(self.tsc_ms))
-    }
-
-    /// Takes the transmit buffers the device has returned.
-    fn reap(&mut self) -> Result<(), Reason> {
-        while let Some((id, _)) = self.tx.pop_used() {
-            if id >= u32::from(self.tx.size) || self.tx_busy & (1 << id) == 0 {
-                crate::fail!("transmitq1: used id {id} was not in flight");
-            }
-            self.tx_busy &= !(1 << id);
-        }
-        Ok(())
-    }
-
-    fn free_tx(&self) -> Option<u16> {
-        let mask = if self.tx.size >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.tx.size) - 1
-        };
-        let free = !self.tx_busy & mask;
-        (free != 0).then(|| free.trailing_zeros() as u16)
-    }
-
-    /// Transmit buffers the device holds.
-    pub fn in_flight(&self) -> u32 {
-        self.tx_busy.count_ones()
     }
 
     /// Queues one Ethernet frame (destination MAC first, no FCS; at most
@@ -228,31 +153,10 @@ impl Net {
         if frame.len() > MAX_TX_FRAME {
             crate::fail!("frame of {} bytes > {MAX_TX_FRAME}", frame.len());
         }
-        self.reap()?;
-        let slot = match self.free_tx() {
-            Some(slot) => slot,
-            None => {
-                let deadline = self.deadline(WAIT_MS);
-                loop {
-                    self.reap()?;
-                    if let Some(slot) = self.free_tx() {
-                        break slot;
-                    }
-                    if cpu::rdtsc() >= deadline {
-                        crate::fail!(
-                            "transmitq1: no buffer returned in {WAIT_MS} ms ({} in flight, status {:#x})",
-                            self.in_flight(),
-                            self.t.status()
-                        );
-                    }
-                    core::hint::spin_loop();
-                }
-            }
-        };
-        let addr = self.tx_buf(slot);
+        let (slot, addr) = self.tx.acquire(&self.t)?;
         // SAFETY: transmit buffer `slot` is BUF bytes of RAM from
-        // `dma::alloc` (no Rust object) that the device does not hold (its
-        // bit in `tx_busy` is clear); HDR + frame.len() <= BUF.
+        // `dma::alloc` (no Rust object) that the device does not hold
+        // (`acquire` returned it); HDR + frame.len() <= BUF.
         unsafe {
             core::ptr::write_bytes(addr as *mut u8, 0, HDR);
             core::ptr::copy_nonoverlapping(
@@ -261,32 +165,14 @@ impl Net {
                 frame.len(),
             );
         }
-        self.tx
-            .set_desc(slot, addr, (HDR + frame.len()) as u32, 0, 0);
-        self.tx.push(slot);
-        self.tx_busy |= 1 << slot;
-        self.tx.publish();
+        self.tx.submit(slot, (HDR + frame.len()) as u32);
         self.tx_frames += 1;
         Ok(())
     }
 
     /// Waits (bounded) until the device has returned every transmit buffer.
     pub fn flush(&mut self) -> Result<(), Reason> {
-        let deadline = self.deadline(WAIT_MS);
-        loop {
-            self.reap()?;
-            if self.tx_busy == 0 {
-                return Ok(());
-            }
-            if cpu::rdtsc() >= deadline {
-                crate::fail!(
-                    "transmitq1: {} buffers not returned in {WAIT_MS} ms (status {:#x})",
-                    self.in_flight(),
-                    self.t.status()
-                );
-            }
-            core::hint::spin_loop();
-        }
+        self.tx.flush(&self.t)
     }
 
     /// Whether a received buffer is waiting (cheap: one ring read).

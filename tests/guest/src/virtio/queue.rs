@@ -96,6 +96,23 @@ impl Queue {
         write16(d + 14, next);
     }
 
+    /// Points descriptor `i` of every entry at the device-writable buffer
+    /// of `len` bytes at `base + i * stride`.
+    pub fn set_write_bufs(&self, base: u64, stride: u64, len: u32) {
+        for i in 0..self.size {
+            self.set_desc(i, base + u64::from(i) * stride, len, DESC_F_WRITE, 0);
+        }
+    }
+
+    /// Pushes every descriptor `0..size` as a chain of its own and
+    /// publishes them.
+    pub fn post_all(&mut self) {
+        for i in 0..self.size {
+            self.push(i);
+        }
+        self.publish();
+    }
+
     /// Puts chain `head` into the available ring (not yet visible to the
     /// device: see [`Self::publish`]).
     pub fn push(&mut self, head: u16) {
