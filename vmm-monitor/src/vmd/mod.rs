@@ -12,6 +12,7 @@
 //! - [`registry`]: the table of VMs.
 //! - [`daemon`]: the shared state; starting VMs, their ends, configurations.
 //! - [`requests`]: one control request, checked and carried out.
+//! - [`console`]: attaching `vmctl console` to a VM's console.
 //! - [`server`]: the control socket.
 //! - [`adopt`]: taking back the VMs a previous vmd left running.
 //!
@@ -24,6 +25,7 @@ pub mod access;
 pub mod adopt;
 pub mod cli;
 pub mod conf;
+pub mod console;
 pub mod daemon;
 pub mod link;
 pub mod net;

@@ -137,7 +137,7 @@ fn connection(vmd: &Arc<Vmd>, stream: UnixStream) {
 /// end (detach, or the client killed) detaches.
 fn console(vmd: &Arc<Vmd>, peer: &Peer, vm: &ipc::control::VmRef, mut channel: Channel) {
     use std::os::fd::AsFd;
-    let session = match requests::console_attach(vmd, peer, vm) {
+    let session = match super::console::attach(vmd, peer, vm) {
         Ok(session) => session,
         Err(r) => {
             let _ = channel.send(
@@ -160,5 +160,5 @@ fn console(vmd: &Arc<Vmd>, peer: &Peer, vm: &ipc::control::VmRef, mut channel: C
         // Whatever comes next, or the end, means the client is done.
         let _ = channel.recv::<Request>();
     }
-    requests::console_detach(vmd, session);
+    super::console::detach(vmd, session);
 }
