@@ -10,6 +10,7 @@
 //! print a loud `SKIPPED` line straight to the terminal (past the test
 //! harness's output capture) and return.
 
+pub mod bench;
 pub mod pty;
 pub mod vmd;
 

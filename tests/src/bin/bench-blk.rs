@@ -20,13 +20,16 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use vmd_tests::bench::{
+    drain, exit_code, field, handle_signals, interrupted, lines, median, num, process_name, spread,
+    Guard, Result, Scratch,
+};
 
 /// vCPUs, and so request queues (the monitor asks for one per vCPU; the
 /// peer is exported with as many).
@@ -40,172 +43,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest qemu-storage-daemon may take to create its socket.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 const SCENARIO: &str = "blk-bench";
-
-type Result<T> = std::result::Result<T, String>;
-
-// ---- cleanup: guards, and a signal thread that kills our children ----
-
-/// Set once SIGINT/SIGTERM/SIGHUP arrived.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-/// Processes to kill when a signal arrives (guards register theirs).
-static LIVE: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
-
-fn register(pid: libc::pid_t) {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
-}
-
-fn unregister(pid: libc::pid_t) {
-    LIVE.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|p| *p != pid);
-}
-
-fn termination_signals() -> libc::sigset_t {
-    // SAFETY: an all-zero sigset_t is a valid out-parameter for sigemptyset.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-    }
-    set
-}
-
-/// Blocks the termination signals in every thread (call before starting
-/// any) and takes them in a thread of their own, which kills the
-/// registered processes: the main thread then sees its runs fail and
-/// unwinds through the guards, which remove the files. (Children start with
-/// an empty signal mask: std resets it in the child.)
-fn handle_signals() {
-    let set = termination_signals();
-    // SAFETY: `set` is valid; blocking signals in this thread is harmless.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    std::thread::spawn(move || loop {
-        let mut signal = 0;
-        // SAFETY: `set` and `signal` are valid; the signals are blocked.
-        if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-            continue;
-        }
-        eprintln!("bench-blk: signal {signal}, cleaning up");
-        INTERRUPTED.store(true, Ordering::SeqCst);
-        for pid in LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            // SAFETY: kill(2) on a child a guard still owns (not yet reaped).
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-        }
-    });
-}
-
-/// A scratch directory, removed with everything in it when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("vmd-bench-blk-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(Self(dir))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A child process, killed and reaped when dropped, with `also` (a
-/// grandchild: dev-block) killed first if it is still that program.
-struct Guard {
-    child: Child,
-    also: Option<(libc::pid_t, &'static str)>,
-    /// A file to remove after the process is gone (a socket).
-    remove: Option<PathBuf>,
-}
-
-impl Guard {
-    fn spawn(command: &mut Command) -> Result<Self> {
-        let child = command
-            .spawn()
-            .map_err(|e| format!("cannot start {command:?}: {e}"))?;
-        register(child.id() as libc::pid_t);
-        let guard = Self {
-            child,
-            also: None,
-            remove: None,
-        };
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            return Err("interrupted".into());
-        }
-        Ok(guard)
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
-    /// Waits for the process to end, at most until `deadline`.
-    fn wait_until(&mut self, deadline: Instant) -> Result<std::process::ExitStatus> {
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Ok(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => return Err("timed out".into()),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some((pid, comm)) = self.also {
-            if process_name(pid).as_deref() == Some(comm) {
-                // SAFETY: kill(2) on the grandchild we identified by name.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        unregister(self.pid());
-        if let Some(path) = &self.remove {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn process_name(pid: libc::pid_t) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_owned())
-}
-
-/// Collects a pipe's bytes on a thread (the last 64 KiB of them).
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > 128 << 10 {
-                    kept.drain(..kept.len() - (64 << 10));
-                }
-            }
-        }
-        String::from_utf8_lossy(&kept).into_owned()
-    })
-}
 
 // ---- measuring ----
 
@@ -268,17 +105,6 @@ struct RowSample {
     cpu_ns: u64,
 }
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
-
-fn num(line: &str, key: &str) -> Result<u64> {
-    field(line, key)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("no {key}= in {line:?}"))
-}
-
 /// The dev-block process among the children of any thread of `monitor`.
 fn find_dev_block(monitor: libc::pid_t) -> Result<libc::pid_t> {
     let tasks = std::fs::read_dir(format!("/proc/{monitor}/task")).map_err(|e| e.to_string())?;
@@ -328,16 +154,7 @@ fn run_vm(setup: &Setup, backend: &Backend) -> Result<Vec<RowSample>> {
         .stderr(Stdio::piped());
     let mut vm = Guard::spawn(&mut command)?;
     let stderr = drain(vm.child.stderr.take());
-    let stdout = vm.child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (rx, reader) = lines(vm.child.stdout.take().ok_or("no stdout")?);
     let deadline = Instant::now() + RUN_TIMEOUT;
     let mut console = String::new();
     let mut clock = match backend {
@@ -407,7 +224,7 @@ fn run_vm(setup: &Setup, backend: &Backend) -> Result<Vec<RowSample>> {
     drop(vm); // kills whatever is left, so the pipes close
     let _ = reader.join();
     let log = stderr.join().unwrap_or_default();
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if interrupted() {
         return Err("interrupted".into());
     }
     let ok = matches!(&status, Ok(s) if s.success());
@@ -443,7 +260,7 @@ fn storage_daemon(image: &Path, socket: &Path, log: &Path, queues: usize) -> Res
             let log = std::fs::read_to_string(log).unwrap_or_default();
             return Err(format!("qemu-storage-daemon exited ({status}): {log}"));
         }
-        if Instant::now() > deadline || INTERRUPTED.load(Ordering::SeqCst) {
+        if Instant::now() > deadline || interrupted() {
             return Err(format!("qemu-storage-daemon made no {}", socket.display()));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -471,19 +288,6 @@ fn write_image(path: &Path) -> Result<()> {
 }
 
 // ---- report ----
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 #[derive(Default)]
 struct Stats {
@@ -560,45 +364,14 @@ fn report(
     }
 }
 
-/// "min–max" of the paired ratios `ours[i] / peer[i]`.
-fn spread(ours: &[f64], peer: &[f64]) -> String {
-    let ratios: Vec<f64> = ours.iter().zip(peer).map(|(a, b)| a / b).collect();
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.2}–{max:.2}")
-}
-
 fn main() {
-    handle_signals();
-    let code = match bench() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bench-blk: {e}");
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                130
-            } else {
-                1
-            }
-        }
-    };
-    std::process::exit(code);
+    handle_signals("bench-blk");
+    std::process::exit(exit_code("bench-blk", bench()));
 }
 
 fn bench() -> Result<()> {
-    let rounds: usize = match std::env::args().nth(1) {
-        None => 5,
-        Some(a) => a
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or(format!("bad round count {a:?}"))?,
-    };
-    let monitor = match std::env::var_os("VMD_MONITOR") {
-        Some(path) => PathBuf::from(path),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("vmm-monitor"),
-    };
+    let rounds = vmd_tests::bench::rounds(5)?;
+    let monitor = vmd_tests::bench::monitor()?;
     for program in [monitor.clone(), monitor.with_file_name("dev-block")] {
         if !program.exists() {
             return Err(format!("{} is missing: build it first", program.display()));
@@ -610,10 +383,10 @@ fn bench() -> Result<()> {
     };
     let setup = Setup {
         monitor,
-        guest: std::env::var("VMD_TEST_GUEST").unwrap_or_else(|_| vmd_tests::TEST_GUEST.into()),
+        guest: vmd_tests::bench::guest(),
         ops,
     };
-    let scratch = Scratch::new()?;
+    let scratch = Scratch::new("bench-blk")?;
     // Two images with the same bytes, each written in full: the same
     // allocated file for both backends, nothing shared between them.
     let ours_image = scratch.path("dev-block.img");

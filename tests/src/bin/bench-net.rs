@@ -30,15 +30,19 @@
 //! (default "64,1400").
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use vmd_tests::bench::{
+    drain, exit_code, handle_signals, interrupted, lines, median, num, spread, Guard, Result,
+    Scratch,
+};
 
 const MEMORY_MIB: u64 = 256;
 const HOST_IP: &str = "100.64.1.2";
@@ -56,93 +60,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the sink keeps counting after the guest's result line.
 const SINK_GRACE: Duration = Duration::from_millis(300);
 
-type Result<T> = std::result::Result<T, String>;
-
-// ---- cleanup: guards, and a signal thread that kills our children ----
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-static LIVE: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 /// Namespaces to delete if a signal arrives.
 static NAMESPACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn register(pid: libc::pid_t) {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
-}
-
-fn unregister(pid: libc::pid_t) {
-    LIVE.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|p| *p != pid);
-}
-
-/// Blocks SIGINT/SIGTERM/SIGHUP in every thread and takes them in a thread
-/// that kills the registered processes; the main thread then sees its runs
-/// fail and unwinds through the guards.
-fn handle_signals() {
-    // SAFETY: an all-zero sigset_t is a valid out-parameter.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is valid; the signal numbers are valid.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    std::thread::spawn(move || loop {
-        let mut signal = 0;
-        // SAFETY: `set` and `signal` are valid; the signals are blocked.
-        if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-            continue;
-        }
-        eprintln!("bench-net: signal {signal}, cleaning up");
-        INTERRUPTED.store(true, Ordering::SeqCst);
-        for pid in LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            // SAFETY: kill(2) on a child a guard still owns.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-        }
-    });
-}
-
-/// A child process, killed and reaped when dropped.
-struct Guard {
-    child: Child,
-}
-
-impl Guard {
-    fn spawn(command: &mut Command) -> Result<Self> {
-        let child = command
-            .spawn()
-            .map_err(|e| format!("cannot start {command:?}: {e}"))?;
-        register(child.id() as libc::pid_t);
-        let guard = Self { child };
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            return Err("interrupted".into());
-        }
-        Ok(guard)
-    }
-
-    fn wait_until(&mut self, deadline: Instant) -> Result<std::process::ExitStatus> {
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Ok(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => return Err("timed out".into()),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        unregister(self.child.id() as libc::pid_t);
-    }
-}
 
 /// Runs a command to completion; its stdout, or an error with its stderr.
 fn run(program: &str, args: &[&str]) -> Result<String> {
@@ -159,40 +78,6 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Collects a pipe's bytes on a thread (the last 64 KiB of them).
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > 128 << 10 {
-                    kept.drain(..kept.len() - (64 << 10));
-                }
-            }
-        }
-        String::from_utf8_lossy(&kept).into_owned()
-    })
-}
-
-/// Sends each line of `pipe` to a channel, on a thread.
-fn lines(pipe: impl Read + Send + 'static) -> (mpsc::Receiver<String>, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (rx, reader)
 }
 
 // ---- network namespaces ----
@@ -381,17 +266,6 @@ struct Sample {
     arrived_mbps: f64,
 }
 
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
-
-fn num(line: &str, key: &str) -> Result<u64> {
-    field(line, key)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("no {key}= in {line:?}"))
-}
-
 /// A running VM: its console lines, and whatever must go with it.
 struct Running {
     lines: mpsc::Receiver<String>,
@@ -477,7 +351,7 @@ fn start_ours(setup: &Setup, ns: &Netns, cmdline: &str) -> Result<Running> {
             let log = std::fs::read_to_string(dir.join("vmd.log")).unwrap_or_default();
             return Err(format!("vmd exited with {status}:\n{log}"));
         }
-        if Instant::now() > deadline || INTERRUPTED.load(Ordering::SeqCst) {
+        if Instant::now() > deadline || interrupted() {
             return Err("vmd did not open its socket".into());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -650,7 +524,7 @@ fn run_case(setup: &Setup, vmm: Vmm, ns: &Netns, dir: Dir, size: usize) -> Resul
         Some(t) => Some(t.join().map_err(|_| "source panicked")??),
         None => None,
     };
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if interrupted() {
         return Err("interrupted".into());
     }
     let who = match vmm {
@@ -696,26 +570,6 @@ fn run_case(setup: &Setup, vmm: Vmm, ns: &Netns, dir: Dir, size: usize) -> Resul
 }
 
 // ---- report ----
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn spread(ours: &[f64], peer: &[f64]) -> String {
-    let ratios: Vec<f64> = ours.iter().zip(peer).map(|(a, b)| a / b).collect();
-    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.2}–{max:.2}")
-}
 
 type Key = (Dir, usize);
 
@@ -781,18 +635,8 @@ fn skip(reason: &str) -> ! {
 }
 
 fn main() {
-    handle_signals();
-    let code = match bench() {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bench-net: {e}");
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                130
-            } else {
-                1
-            }
-        }
-    };
+    handle_signals("bench-net");
+    let code = exit_code("bench-net", bench());
     for ns in NAMESPACES.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         let _ = run("ip", &["netns", "del", ns]);
     }
@@ -800,14 +644,7 @@ fn main() {
 }
 
 fn bench() -> Result<()> {
-    let rounds: usize = match std::env::args().nth(1) {
-        None => 3,
-        Some(a) => a
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or(format!("bad round count {a:?}"))?,
-    };
+    let rounds = vmd_tests::bench::rounds(3)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         skip("not root (network namespaces and taps need it)");
@@ -828,12 +665,7 @@ fn bench() -> Result<()> {
     if run("qemu-system-x86_64", &["--version"]).is_err() {
         skip("no qemu-system-x86_64 (apt-get install -y qemu-system-x86)");
     }
-    let monitor = match std::env::var_os("VMD_MONITOR") {
-        Some(path) => PathBuf::from(path),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("vmm-monitor"),
-    };
+    let monitor = vmd_tests::bench::monitor()?;
     let bin = monitor
         .parent()
         .ok_or("no directory of the monitor")?
@@ -861,20 +693,12 @@ fn bench() -> Result<()> {
             .collect::<Result<_>>()?,
         Err(_) => vec![64, 1400],
     };
-    let scratch = std::env::temp_dir().join(format!("vmd-bench-net-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).map_err(|e| e.to_string())?;
-    struct RemoveDir(PathBuf);
-    impl Drop for RemoveDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _scratch_guard = RemoveDir(scratch.clone());
+    let scratch = Scratch::new("bench-net")?;
     let setup = Setup {
         bin,
-        guest: std::env::var("VMD_TEST_GUEST").unwrap_or_else(|_| vmd_tests::TEST_GUEST.into()),
+        guest: vmd_tests::bench::guest(),
         ms,
-        scratch,
+        scratch: scratch.dir().to_path_buf(),
     };
     let ours_ns = Netns::new("ours")?;
     let qemu_ns = Netns::new("qemu")?;
