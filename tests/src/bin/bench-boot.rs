@@ -89,15 +89,7 @@ fn qemu(guest: &str, irqchip: Option<&str>) -> Command {
     c
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+use vmd_tests::bench::median;
 
 struct Summary {
     first_ms: f64,
