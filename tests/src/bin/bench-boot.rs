@@ -11,6 +11,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vmd_tests::bench::median;
+
 /// Guest RAM for both VMMs.
 const MEMORY_MIB: u32 = 128;
 
@@ -88,8 +90,6 @@ fn qemu(guest: &str, irqchip: Option<&str>) -> Command {
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);
     c
 }
-
-use vmd_tests::bench::median;
 
 struct Summary {
     first_ms: f64,
