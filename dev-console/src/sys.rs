@@ -35,22 +35,7 @@ pub fn is_tty(fd: RawFd) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
-/// The type of socket `fd` is (SOCK_STREAM, SOCK_SEQPACKET, ...).
-pub fn socket_type(fd: RawFd) -> io::Result<libc::c_int> {
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `kind` and `len` are valid for writes of their sizes.
-    check(unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    })?;
-    Ok(kind)
-}
+pub use ipc::fds::socket_type;
 
 /// A new pty pair, the slave in raw mode (standalone mode only: under
 /// the monitor the pty is passed in). Returns (master, slave).

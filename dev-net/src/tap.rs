@@ -161,22 +161,6 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-fn socket_type(fd: RawFd) -> Option<libc::c_int> {
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `kind` and `len` are valid out-pointers of the sizes given.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (ret == 0).then_some(kind)
-}
-
 /// Whether a read or write error means the interface is gone for good
 /// (deleted, or the peer of a test socket closed).
 pub fn is_gone_error(e: &io::Error) -> bool {
@@ -243,7 +227,7 @@ impl Tap {
                 ioctl_ptr(raw, TUNSETVNETHDRSZ, &mut size).map_err(sys("TUNSETVNETHDRSZ"))?;
                 TapKind::Tap { name }
             }
-            Err(_) => match socket_type(raw) {
+            Err(_) => match ipc::fds::socket_type(raw).ok() {
                 Some(libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => TapKind::Datagram,
                 _ => return Err(TapError::NotTap(raw)),
             },

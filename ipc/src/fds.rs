@@ -141,3 +141,25 @@ pub fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
     Ok(flags & libc::FD_CLOEXEC != 0)
 }
+
+/// The type of socket `fd` is (SOCK_STREAM, SOCK_SEQPACKET, ...); an
+/// error if it is not an open socket.
+pub fn socket_type(fd: RawFd) -> io::Result<libc::c_int> {
+    let mut kind: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `kind`, a live
+    // c_int; on a closed or non-socket fd it fails without side effects.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(kind)
+}

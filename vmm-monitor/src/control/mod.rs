@@ -216,22 +216,7 @@ fn fail(chan: &mut Channel, message: &str) -> i32 {
 /// Takes ownership of `fd`, which must be a unix stream socket.
 fn take_socket(fd: RawFd) -> Result<UnixStream, ControlError> {
     let not_socket = |source| ControlError::NotASocket { fd, source };
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `kind`, a live
-    // c_int; on a closed or non-socket fd it fails without side effects.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if ret != 0 {
-        return Err(not_socket(std::io::Error::last_os_error()));
-    }
+    let kind = ipc::fds::socket_type(fd).map_err(not_socket)?;
     if kind != libc::SOCK_STREAM {
         return Err(not_socket(std::io::Error::from_raw_os_error(
             libc::EPROTOTYPE,
