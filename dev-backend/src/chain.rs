@@ -241,6 +241,22 @@ impl DescChain {
         Ok(out)
     }
 
+    /// Copies the first device-readable bytes into `buf` (as many as fit);
+    /// returns how many were copied.
+    pub fn read_prefix(&self, mem: &GuestMemoryMmap, buf: &mut [u8]) -> Result<usize, ChainError> {
+        let mut done = 0usize;
+        for seg in &self.readable {
+            if done == buf.len() {
+                break;
+            }
+            let take = (seg.len as usize).min(buf.len() - done);
+            mem.read_slice(&mut buf[done..done + take], seg.addr)
+                .map_err(ChainError::Access)?;
+            done += take;
+        }
+        Ok(done)
+    }
+
     /// Writes `data` into the device-writable buffers in order; returns the
     /// bytes written (less than `data.len()` if the buffers are shorter).
     pub fn write_from(&self, mem: &GuestMemoryMmap, data: &[u8]) -> Result<usize, ChainError> {

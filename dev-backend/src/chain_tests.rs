@@ -114,6 +114,12 @@ fn read_and_write_cross_segments() {
     let c = DescChain::walk(&m, GuestAddress(TABLE), QSIZE, 0).unwrap();
     assert_eq!(c.read_to_vec(&m, 100).unwrap(), b"abcde");
     assert_eq!(c.read_to_vec(&m, 4).unwrap(), b"abcd");
+    let mut prefix = [0u8; 4];
+    assert_eq!(c.read_prefix(&m, &mut prefix).unwrap(), 4);
+    assert_eq!(&prefix, b"abcd");
+    let mut all = [0u8; 9];
+    assert_eq!(c.read_prefix(&m, &mut all).unwrap(), 5);
+    assert_eq!(&all[..5], b"abcde");
     assert_eq!(c.write_from(&m, b"12345").unwrap(), 5);
     let mut out = [0u8; 3];
     m.read_slice(&mut out, GuestAddress(0x5100)).unwrap();

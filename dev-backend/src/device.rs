@@ -4,6 +4,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use virtio_bindings::bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -138,7 +139,9 @@ pub trait Device: Send + Sync + 'static {
 ///   wakes the worker, and whatever the driver adds meanwhile is seen by
 ///   the next [`pop`](Self::pop). Notifications are on again whenever
 ///   `pop` finds the ring empty, and when the call ends (the worker calls
-///   [`finish`](Self::finish)), so a kick is never lost.
+///   [`finish`](Self::finish)) unless the device said it will come back
+///   without a kick ([`stay_quiet`](Self::stay_quiet)), so a kick the
+///   device needs is never lost.
 pub struct QueueContext<'a> {
     vring: &'a mut Vring,
     mem: &'a GuestMemoryMmap,
@@ -146,6 +149,8 @@ pub struct QueueContext<'a> {
     notified_used: u16,
     /// The driver was asked not to notify.
     quiet: bool,
+    /// Leave the driver's notifications off when the call ends.
+    stay_quiet: bool,
 }
 
 impl<'a> QueueContext<'a> {
@@ -161,14 +166,15 @@ impl<'a> QueueContext<'a> {
             metrics,
             notified_used,
             quiet: false,
+            stay_quiet: false,
         }
     }
 
     /// Turns driver notifications back on if [`pop`](Self::pop) turned them
-    /// off and did not reach the end of the ring (the device stopped early,
-    /// e.g. a receive queue with nothing to deliver).
+    /// off and did not reach the end of the ring (the device stopped
+    /// early), unless the device asked to [`stay_quiet`](Self::stay_quiet).
     pub(crate) fn finish(&mut self) -> Result<(), HandleError> {
-        if self.quiet {
+        if self.quiet && !self.stay_quiet {
             self.quiet = false;
             self.vring
                 .queue
@@ -176,6 +182,16 @@ impl<'a> QueueContext<'a> {
                 .map_err(|e| self.guest(format!("enabling notifications: {e}")))?;
         }
         Ok(())
+    }
+
+    /// Leaves driver notifications off after this call if `pop` turned
+    /// them off: for a queue whose device stopped early with buffers still
+    /// available and comes back on an event of its own (a receive queue
+    /// waiting for its tap), as QEMU's virtio-net does. A kick then costs
+    /// the guest a VM exit for nothing; once the device runs out of
+    /// buffers, `pop` finds the ring empty and turns them on again.
+    pub fn stay_quiet(&mut self) {
+        self.stay_quiet = true;
     }
 
     /// The queue index.
@@ -309,11 +325,25 @@ impl<'a> QueueContext<'a> {
             return Ok(());
         }
         self.notified_used = used;
-        let needed = self
-            .vring
-            .queue
-            .needs_notification(self.mem)
-            .map_err(|e| self.guest(format!("reading used_event: {e}")))?;
+        let needed = if self.vring.queue.event_idx_enabled() {
+            self.vring
+                .queue
+                .needs_notification(self.mem)
+                .map_err(|e| self.guest(format!("reading used_event: {e}")))?
+        } else {
+            // virtio-queue ignores the flag (virtio 1.2 §2.7.7.2: the
+            // device SHOULD NOT notify while it is set). The used idx
+            // store goes before the flags load, as virtio-queue fences.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let flags: u16 = self
+                .mem
+                .load(
+                    GuestAddress(self.vring.queue.avail_ring()),
+                    Ordering::Acquire,
+                )
+                .map_err(|e| self.guest(format!("reading avail flags: {e}")))?;
+            u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0
+        };
         if !needed {
             Metrics::bump(&self.metrics.notifications_suppressed);
             return Ok(());

@@ -13,6 +13,7 @@
 //! | [`vring`] | one ring's state, its start (with inflight recovery) and stop |
 //! | [`worker`] | one epoll thread per started queue, `<dev>-q<n>` |
 //! | [`chain`] | descriptor chains walked and validated before a device sees them |
+//! | [`iov`] | a chain's guest buffers as `iovec`s for one syscall, without a bounce copy |
 //! | [`inflight`] | the shared inflight region (split rings): mark, complete, recover |
 //! | [`config`] | configuration-change messages over the backend channel |
 //! | [`metrics`] | the counters each device keeps |
@@ -34,6 +35,7 @@ pub mod config;
 pub mod device;
 pub mod handler;
 pub mod inflight;
+pub mod iov;
 pub mod memory;
 pub mod metrics;
 pub mod process;
@@ -48,6 +50,7 @@ pub mod testing;
 pub use chain::{ChainError, DescChain, Segment};
 pub use config::{ConfigError, ConfigNotifier};
 pub use device::{Device, HandleError, QueueContext};
+pub use iov::GuestIoVecs;
 pub use memory::GuestMemoryMmap;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use process::{Connection, ConnectionArgs, Endpoint, FdError};

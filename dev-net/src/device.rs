@@ -186,15 +186,41 @@ impl NetDevice {
         self.acked.load(Ordering::Relaxed) & (1u64 << bit) != 0
     }
 
-    /// Empties the receive queue's epoll ready list and the injector's
-    /// counter, so that the next arrival on either raises a new edge.
+    /// Empties the receive queue's epoll ready list, so that the next
+    /// arrival on the tap or the injector raises a new edge, and the
+    /// injector's counter when it fired.
     pub(crate) fn rearm_rx_events(&self) {
         let mut events = [EpollEvent::default(); 2];
-        if let Err(e) = self.rx_events.wait(0, &mut events) {
-            debug!("draining the rx epoll set: {e}");
+        let fired = match self.rx_events.wait(0, &mut events) {
+            Ok(n) => &events[..n],
+            Err(e) => {
+                debug!("draining the rx epoll set: {e}");
+                &events[..0]
+            }
+        };
+        if fired.iter().any(|e| e.data() == EVENT_INJECT) {
+            // A failed read means the counter was already read.
+            let _ = self.injector.event.read();
         }
-        // A failed read means no injection was signalled.
-        let _ = self.injector.event.read();
+    }
+
+    /// Starts or stops waking the receive queue on tap readiness. While
+    /// the guest has no receive buffers the tap is not read, and each
+    /// frame the kernel queues meanwhile would wake the worker for
+    /// nothing; a kick (new buffers) wakes it instead.
+    pub(crate) fn listen_to_tap(&self, on: bool) {
+        let events = if on {
+            EventSet::IN | EventSet::EDGE_TRIGGERED
+        } else {
+            EventSet::EDGE_TRIGGERED
+        };
+        let event = EpollEvent::new(events, EVENT_TAP);
+        if let Err(e) = self
+            .rx_events
+            .ctl(ControlOperation::Modify, self.tap.raw_fd(), event)
+        {
+            warn!("changing the tap's rx events: {e}");
+        }
     }
 
     /// The TUN_F_* flags matching the driver's GUEST_* features. The kernel

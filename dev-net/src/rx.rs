@@ -33,11 +33,15 @@ const NOTIFY_BATCH: usize = 64;
 ///   stops.
 /// - `pending` is `Some(n)` when `buf[..n]` holds a header + frame that
 ///   passed the checks and waits for buffers.
+/// - `tap_muted` is true while tap readiness does not wake the worker
+///   ([`NetDevice::listen_to_tap`]); only then may a frame be pending for
+///   lack of buffers, and the tap is listened to again before it is read.
 #[derive(Debug)]
 pub struct RxState {
     held: VecDeque<DescChain>,
     pending: Option<usize>,
     buf: Vec<u8>,
+    tap_muted: bool,
 }
 
 impl Default for RxState {
@@ -60,6 +64,7 @@ impl RxState {
             held: VecDeque::new(),
             pending: None,
             buf: vec![0; RX_BUF_LEN],
+            tap_muted: false,
         }
     }
 
@@ -167,6 +172,10 @@ impl RxState {
         if dev.tap.is_gone() {
             return None;
         }
+        if self.tap_muted {
+            dev.listen_to_tap(true);
+            self.tap_muted = false;
+        }
         match dev.tap.read(&mut self.buf) {
             // A tap never reads 0 bytes; a test socket whose peer closed does.
             Ok(0) => {
@@ -203,7 +212,12 @@ pub(crate) fn handle_rx(dev: &NetDevice, ctx: &mut QueueContext<'_>) -> Result<(
             Some(len) => len,
             None => match rx.next_frame(dev) {
                 Some(len) => len,
-                None => return Ok(()),
+                None => {
+                    // The tap is empty: its readiness, not a kick, brings
+                    // us back while the guest has buffers posted.
+                    ctx.stay_quiet();
+                    return Ok(());
+                }
             },
         };
         if len < VNET_HDR_LEN + ETH_HLEN {
@@ -223,6 +237,10 @@ pub(crate) fn handle_rx(dev: &NetDevice, ctx: &mut QueueContext<'_>) -> Result<(
             }
             Placed::NoBuffers => {
                 rx.pending = Some(len);
+                if !rx.tap_muted {
+                    dev.listen_to_tap(false);
+                    rx.tap_muted = true;
+                }
                 return Ok(());
             }
             Placed::TooBig => {

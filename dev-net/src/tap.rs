@@ -312,11 +312,21 @@ impl Tap {
 
     /// Writes one vnet header + frame, gathered from `parts`.
     pub fn write(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
-        let count = libc::c_int::try_from(parts.len()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: IoSlice is ABI-compatible with iovec (std guarantees it
+        // on Unix), and `parts` holds live slices.
+        let iovecs = unsafe { std::slice::from_raw_parts(parts.as_ptr().cast(), parts.len()) };
+        self.writev(iovecs)
+    }
+
+    /// Writes one vnet header + frame gathered from `iovecs` (guest memory
+    /// included: the kernel copies it during the call).
+    pub fn writev(&self, iovecs: &[libc::iovec]) -> io::Result<usize> {
+        let count = libc::c_int::try_from(iovecs.len()).unwrap_or(libc::c_int::MAX);
         loop {
-            // SAFETY: IoSlice is ABI-compatible with iovec, and `parts`
-            // holds `count` live slices.
-            let n = unsafe { libc::writev(self.fd.as_raw_fd(), parts.as_ptr().cast(), count) };
+            // SAFETY: `iovecs` holds `count` entries; the kernel only reads
+            // through them (a bad pointer is EFAULT, not memory corruption)
+            // and keeps none after the call.
+            let n = unsafe { libc::writev(self.fd.as_raw_fd(), iovecs.as_ptr(), count) };
             if n >= 0 {
                 return Ok(n as usize);
             }

@@ -1,22 +1,28 @@
 //! Transmit (guest → tap): each chain is a virtio-net header and one
-//! frame (virtio 1.2 §5.1.6.2); header and frame go to the tap as they
-//! are, in one writev. A chain that cannot be sent is dropped, counted and
-//! completed: the queue never stalls on a bad frame.
+//! frame (virtio 1.2 §5.1.6.2), written to the tap in one `writev`. A chain
+//! that cannot be sent is dropped, counted and completed: the queue never
+//! stalls on a bad frame.
+//!
+//! The header and the frame's first bytes are copied out of the guest
+//! first and checked (the lladdr lock, the frame filter's interest); the
+//! tap gets that copy, then the rest of the frame straight from guest
+//! memory. The guest cannot change what was checked after the check.
+//! Frames the filter wants are copied whole, since it parses them.
 
-use std::io::IoSlice;
-
-use dev_backend::{ChainError, DescChain, HandleError, Metrics, QueueContext};
+use dev_backend::{ChainError, DescChain, GuestIoVecs, HandleError, Metrics, QueueContext};
 use log::{debug, warn};
-use vm_memory::Bytes;
 
 use crate::device::{NetDevice, TX_QUEUE};
 use crate::filter::ETH_HLEN;
+use crate::guest_frames::PEEK_LEN;
 use crate::metrics::NetMetrics;
 use crate::wire::VNET_HDR_LEN;
 
 /// Longest frame (after the vnet header) sent: a 64 KiB GSO frame plus
 /// an Ethernet header and a VLAN tag (65535 + 14 + 1, vmd's bound).
 pub const MAX_TX_FRAME: usize = 65550;
+/// The copied start of a chain: the vnet header and [`PEEK_LEN`] bytes.
+const HEAD_LEN: usize = VNET_HDR_LEN + PEEK_LEN;
 
 /// Why a chain was not sent.
 enum Drop {
@@ -40,31 +46,25 @@ fn frame_len(chain: &DescChain) -> Result<usize, Drop> {
     Ok(frame as usize)
 }
 
-/// Reads header + frame into `buf` (reused between chains).
-fn gather(ctx: &QueueContext<'_>, chain: &DescChain, buf: &mut Vec<u8>) -> Result<(), HandleError> {
-    buf.clear();
-    for seg in chain.readable() {
-        let start = buf.len();
-        buf.resize(start + seg.len as usize, 0);
-        ctx.memory()
-            .read_slice(&mut buf[start..], seg.addr)
-            .map_err(|e| HandleError::Chain {
-                queue: TX_QUEUE,
-                source: ChainError::Access(e),
-            })?;
+fn chain_error(source: ChainError) -> HandleError {
+    HandleError::Chain {
+        queue: TX_QUEUE,
+        source,
     }
-    Ok(())
 }
 
 /// Sends every available chain; called on each transmit kick.
 pub(crate) fn handle_tx(dev: &NetDevice, ctx: &mut QueueContext<'_>) -> Result<(), HandleError> {
     let mut buf = dev.tx_buf.lock().unwrap_or_else(|p| p.into_inner());
+    let mut head = [0u8; HEAD_LEN];
     while let Some(chain) = ctx.pop()? {
         match frame_len(&chain) {
-            Ok(_) => {
-                gather(ctx, &chain, &mut buf)?;
-                Metrics::add(&ctx.metrics().bytes_read, buf.len() as u64);
-                send(dev, &buf);
+            Ok(len) => {
+                let head_len = chain
+                    .read_prefix(ctx.memory(), &mut head)
+                    .map_err(chain_error)?;
+                Metrics::add(&ctx.metrics().bytes_read, (VNET_HDR_LEN + len) as u64);
+                send(dev, ctx, &chain, &head[..head_len], &mut buf)?;
             }
             Err(why) => {
                 let counter = match why {
@@ -84,20 +84,30 @@ pub(crate) fn handle_tx(dev: &NetDevice, ctx: &mut QueueContext<'_>) -> Result<(
     Ok(())
 }
 
-/// Filters and writes one header + frame.
-fn send(dev: &NetDevice, packet: &[u8]) {
-    let frame = &packet[VNET_HDR_LEN..];
-    if !dev.lock.allows_tx(frame) {
+/// Filters and writes one chain, whose first bytes are `head` (the vnet
+/// header and at least an Ethernet header); `buf` is scratch for frames
+/// the filter reads whole.
+fn send(
+    dev: &NetDevice,
+    ctx: &QueueContext<'_>,
+    chain: &DescChain,
+    head: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<(), HandleError> {
+    let start = &head[VNET_HDR_LEN..];
+    if !dev.lock.allows_tx(start) {
         NetMetrics::bump(&dev.net.tx_locked);
-        return;
+        return Ok(());
     }
-    if let Some(filter) = dev
-        .filter
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_mut()
-    {
-        if let Some(reply) = filter.on_guest_frame(frame) {
+    let mut filter = dev.filter.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(filter) = filter.as_mut().filter(|f| f.wants(start)) {
+        // The filter parses the whole frame: one copy of it, checked and
+        // sent as copied.
+        buf.resize(chain.readable_len() as usize, 0);
+        let n = chain.read_prefix(ctx.memory(), buf).map_err(chain_error)?;
+        buf.truncate(n);
+        buf[..head.len()].copy_from_slice(head);
+        if let Some(reply) = filter.on_guest_frame(&buf[VNET_HDR_LEN..]) {
             NetMetrics::bump(&dev.net.tx_answered);
             if dev.injector.push(&reply) {
                 NetMetrics::bump(&dev.net.rx_injected);
@@ -105,18 +115,36 @@ fn send(dev: &NetDevice, packet: &[u8]) {
                 NetMetrics::bump(&dev.net.rx_inject_dropped);
             }
             if !filter.forward_answered() {
-                return;
+                return Ok(());
             }
         }
+        let whole = [libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        }];
+        write(dev, &whole, buf.len() - VNET_HDR_LEN);
+        return Ok(());
     }
+    drop(filter);
+    let mut iovecs = GuestIoVecs::with_prefix(head, chain.readable().len());
+    iovecs
+        .push_segments(ctx.memory(), chain.readable(), head.len())
+        .map_err(chain_error)?;
+    let frame_len = iovecs.total_len() - VNET_HDR_LEN;
+    write(dev, iovecs.as_iovecs(), frame_len);
+    Ok(())
+}
+
+/// Writes one header + frame of `frame_len` bytes to the tap and counts it.
+fn write(dev: &NetDevice, iovecs: &[libc::iovec], frame_len: usize) {
     if dev.tap.is_gone() {
         NetMetrics::bump(&dev.net.tx_tap_gone);
         return;
     }
-    match dev.tap.write(&[IoSlice::new(packet)]) {
+    match dev.tap.writev(iovecs) {
         Ok(_) => {
             NetMetrics::bump(&dev.net.tx_frames);
-            NetMetrics::add(&dev.net.tx_bytes, frame.len() as u64);
+            NetMetrics::add(&dev.net.tx_bytes, frame_len as u64);
         }
         Err(e) if crate::tap::is_gone_error(&e) => {
             NetMetrics::bump(&dev.net.tx_tap_gone);
@@ -126,7 +154,7 @@ fn send(dev: &NetDevice, packet: &[u8]) {
         }
         Err(e) => {
             NetMetrics::bump(&dev.net.tx_tap_error);
-            debug!("tx: the tap refused a frame of {} bytes: {e}", frame.len());
+            debug!("tx: the tap refused a frame of {frame_len} bytes: {e}");
         }
     }
 }

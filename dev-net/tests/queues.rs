@@ -31,6 +31,10 @@ struct Net {
 }
 
 fn setup(locked: bool) -> Net {
+    setup_with(locked, TestOptions::default())
+}
+
+fn setup_with(locked: bool, opts: TestOptions) -> Net {
     let (ours, theirs) = UnixDatagram::pair().unwrap();
     let tap = Tap::from_fd(OwnedFd::from(theirs)).unwrap();
     let dev = Arc::new(NetDevice::new(tap, OURS, locked).unwrap());
@@ -40,7 +44,7 @@ fn setup(locked: bool) -> Net {
     let opts = TestOptions {
         num_queues: 2,
         queue_size: 32,
-        ..TestOptions::default()
+        ..opts
     };
     let fe = TestFrontend::connect(sock, opts).unwrap();
     ours.set_read_timeout(Some(QUIET)).unwrap();
@@ -203,6 +207,44 @@ fn rx_frame_waits_for_buffers_then_arrives() {
     assert_eq!(second[VNET_HDR_LEN..], small[VNET_HDR_LEN..]);
 }
 
+/// The driver is asked not to kick the receive queue while dev-net still
+/// has buffers to fill (a guest's kick is a VM exit), and asked again
+/// once they run out, so a frame waiting for buffers is not stranded.
+#[test]
+fn rx_kicks_wanted_only_when_buffers_run_out() {
+    let opts = TestOptions {
+        event_idx: false,
+        ..TestOptions::default()
+    };
+    let mut net = setup_with(false, opts);
+    net.post_rx_buffers(4);
+    let frames: Vec<Vec<u8>> = (0..5)
+        .map(|i| with_hdr(&frame(OURS, PEER, 0x0800, 100 + i)))
+        .collect();
+    net.wire.send(&frames[0]).unwrap();
+    let used = net.fe.wait_used(RX_QUEUE, 1, WAIT).unwrap();
+    assert_eq!(used.len(), 1);
+    std::thread::sleep(QUIET);
+    assert!(
+        !net.fe.kicks_wanted(RX_QUEUE).unwrap(),
+        "three buffers are left: the device should not want kicks"
+    );
+    // Three frames take the last three buffers; the fifth finds none.
+    for f in &frames[1..] {
+        net.wire.send(f).unwrap();
+    }
+    let used = net.fe.wait_used(RX_QUEUE, 3, WAIT).unwrap();
+    assert_eq!(used.len(), 3);
+    wait_until("the device to want kicks again", || {
+        net.fe.kicks_wanted(RX_QUEUE).unwrap()
+    });
+    net.post_rx_buffers(1);
+    let used = net.fe.wait_used(RX_QUEUE, 1, WAIT).unwrap();
+    assert_eq!(used.len(), 1);
+    let last = net.received(&used);
+    assert_eq!(last[VNET_HDR_LEN..], frames[4][VNET_HDR_LEN..]);
+}
+
 #[test]
 fn rx_runt_dropped_and_counted() {
     let mut net = setup(false);
@@ -239,10 +281,17 @@ fn locked_drops_foreign_source_and_foreign_unicast() {
 }
 
 /// Answers frames of ethertype 0x88b5 with a frame back to the sender.
-struct Responder;
+/// Answers frames of ethertype 0x88b5 (local experimental) and counts
+/// the frames it was shown.
+struct Responder(Arc<AtomicU64>);
 
 impl FrameFilter for Responder {
+    fn wants(&self, start: &[u8]) -> bool {
+        start[12..14] == [0x88, 0xb5]
+    }
+
     fn on_guest_frame(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if frame[12..14] != [0x88, 0xb5] {
             return None;
         }
@@ -254,10 +303,13 @@ impl FrameFilter for Responder {
 #[test]
 fn filter_reply_injected_to_guest_and_not_forwarded() {
     let mut net = setup(true);
-    net.dev.set_frame_filter(Box::new(Responder));
+    let shown = Arc::new(AtomicU64::new(0));
+    net.dev
+        .set_frame_filter(Box::new(Responder(Arc::clone(&shown))));
     net.post_rx_buffers(2);
     net.send_from_guest(&with_hdr(&frame(MacAddr::BROADCAST, OURS, 0x88b5, 30)));
-    let passed = with_hdr(&frame(PEER, OURS, 0x0800, 30));
+    // Large enough to go out in several pieces, from guest memory.
+    let passed = with_hdr(&frame(PEER, OURS, 0x0800, 3000));
     net.send_from_guest(&passed);
     let used = net.fe.wait_used(RX_QUEUE, 1, WAIT).unwrap();
     assert_eq!(used.len(), 1);
@@ -271,6 +323,7 @@ fn filter_reply_injected_to_guest_and_not_forwarded() {
     );
     let m = net.dev.net_metrics();
     assert_eq!([&m.tx_answered, &m.rx_injected].map(count), [1, 1]);
+    assert_eq!(count(&shown), 1, "the filter saw a frame it did not want");
 }
 
 #[test]

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::bindings::virtio_ring::{
+    VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY,
+};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestRegionMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -351,6 +353,29 @@ impl TestFrontend {
         let size = u64::from(self.guest.opts.queue_size);
         let base = self.guest.queues[usize::from(q)].base;
         self.guest.write(idx, base + AVAIL_OFFSET + 4 + 2 * size)
+    }
+
+    /// Sets the avail ring's flags of queue `q` (VRING_AVAIL_F_NO_INTERRUPT
+    /// asks for no calls when EVENT_IDX is off).
+    pub fn set_avail_flags(&self, q: u16, flags: u16) -> Result<(), DriverError> {
+        let base = self.guest.queues[usize::from(q)].base;
+        self.guest.write(flags, base + AVAIL_OFFSET)
+    }
+
+    /// Whether the device wants a kick for the next request made available
+    /// on `q`, as a driver decides (virtio 1.2 §2.7.10): without EVENT_IDX
+    /// the used ring's NO_NOTIFY flag, with it avail_event against the
+    /// driver's avail idx.
+    pub fn kicks_wanted(&self, q: u16) -> Result<bool, DriverError> {
+        let queue = &self.guest.queues[usize::from(q)];
+        let used = queue.base + USED_OFFSET;
+        if self.guest.opts.event_idx {
+            let size = u64::from(self.guest.opts.queue_size);
+            let avail_event: u16 = self.guest.read(used + 4 + 8 * size)?;
+            return Ok(avail_event == queue.avail_idx);
+        }
+        let flags: u16 = self.guest.read(used)?;
+        Ok(flags & VRING_USED_F_NO_NOTIFY as u16 == 0)
     }
 
     /// Waits up to `timeout` for the call eventfd of `q`; consumes it.

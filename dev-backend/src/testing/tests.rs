@@ -84,6 +84,34 @@ fn event_idx_used_event_suppresses_calls() {
     assert_eq!(fe.take_used(0).unwrap().len(), 3);
 }
 
+/// Without EVENT_IDX a polling driver sets VRING_AVAIL_F_NO_INTERRUPT
+/// and gets no calls (each would be an interrupt, or a wake-up of the
+/// monitor, for nothing); clearing it brings them back.
+#[test]
+fn avail_no_interrupt_flag_suppresses_calls() {
+    let dev = Arc::new(EchoDevice::new(1));
+    let (sock, _backend) = start(&dev);
+    let opts = TestOptions {
+        event_idx: false,
+        ..TestOptions::default()
+    };
+    let mut fe = TestFrontend::connect(sock, opts).unwrap();
+    fe.set_avail_flags(0, 1).unwrap();
+    fe.add_request(0, b"a", 8).unwrap();
+    fe.kick(0).unwrap();
+    wait_until("a completion", || fe.used_idx(0).unwrap() == 1);
+    assert!(
+        !fe.wait_call(0, QUIET).unwrap(),
+        "call despite NO_INTERRUPT"
+    );
+    assert_eq!(dev.metrics().snapshot().notifications_suppressed, 1);
+    fe.set_avail_flags(0, 0).unwrap();
+    fe.add_request(0, b"b", 8).unwrap();
+    fe.kick(0).unwrap();
+    assert!(fe.wait_call(0, T).unwrap(), "no call without the flag");
+    assert_eq!(fe.take_used(0).unwrap().len(), 2);
+}
+
 #[test]
 fn disconnect_mid_request_reconnect_resubmits_exactly_once() {
     let dev1 = Arc::new(EchoDevice::new(1));

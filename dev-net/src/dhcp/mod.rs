@@ -288,6 +288,22 @@ impl DhcpServer {
 /// The device's hook: the server answers the guest's DHCP/BOOTP requests;
 /// the requests themselves do not go on to the tap.
 impl FrameFilter for DhcpServer {
+    /// IPv4 UDP to port 67, or a start too short to tell.
+    fn wants(&self, start: &[u8]) -> bool {
+        let eth = wire::ETH_HDR_LEN;
+        if wire::be16(start, 12) != Some(wire::ETHERTYPE_IPV4) {
+            return false;
+        }
+        let (Some(&ver_ihl), Some(&proto)) = (start.get(eth), start.get(eth + 9)) else {
+            return true;
+        };
+        if proto != wire::IPPROTO_UDP {
+            return false;
+        }
+        let dst_port = eth + usize::from(ver_ihl & 0x0f) * 4 + 2;
+        wire::be16(start, dst_port).is_none_or(|p| p == wire::SERVER_PORT)
+    }
+
     fn on_guest_frame(&mut self, frame: &[u8]) -> Option<Vec<u8>> {
         self.handle(frame)
     }

@@ -707,3 +707,33 @@ fn mutated_and_truncated_frames_never_panic() {
     assert!(st.malformed > 1000, "{st:?}");
     assert!(replies > 100, "{st:?}");
 }
+
+/// The filter asks for the whole frame only for what may be DHCP; the
+/// rest goes to the tap from guest memory uncopied.
+#[test]
+fn wants_ipv4_udp_to_port_67_or_what_it_cannot_tell() {
+    use crate::guest_frames::{FrameFilter, PEEK_LEN};
+    let s = server();
+    let discover = Req::dhcp(msg::DISCOVER, &[]).frame();
+    assert!(s.wants(&discover[..PEEK_LEN]));
+    // The same datagram to another port (53): not for the server.
+    let mut dns = discover.clone();
+    dns[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&53u16.to_be_bytes());
+    assert!(!s.wants(&dns[..PEEK_LEN]));
+    // IP options push the UDP header back: still found.
+    let mut with_options = discover[..14].to_vec();
+    with_options.push(0x46);
+    with_options.extend_from_slice(&discover[15..34]);
+    with_options.extend_from_slice(&[1, 1, 1, 0]);
+    with_options.extend_from_slice(&discover[34..]);
+    assert!(s.wants(&with_options[..PEEK_LEN]));
+    // TCP, ARP: no.
+    let mut tcp = discover.clone();
+    tcp[14 + 9] = 6;
+    assert!(!s.wants(&tcp[..PEEK_LEN]));
+    let mut arp = discover.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    assert!(!s.wants(&arp[..PEEK_LEN]));
+    // Cut before the port: it cannot tell, so it looks.
+    assert!(s.wants(&discover[..14 + 20 + 1]));
+}

@@ -43,6 +43,10 @@ pub const MAX_TX_FRAME: usize = BUF - HDR;
 /// Bound of a wait for a free transmit buffer, for every transmit buffer
 /// to come back, or for the rest of a multi-buffer frame.
 const WAIT_MS: u64 = 5_000;
+/// Receive buffers given back to the device in one publish (one kick at
+/// most), as Linux's virtio-net refills after a NAPI poll rather than
+/// per frame; fewer are published as soon as no frame is waiting.
+const REFILL_BATCH: u16 = 32;
 
 /// An initialised virtio network device (DRIVER_OK, receive buffers
 /// posted).
@@ -57,6 +61,8 @@ pub struct Net {
     rx: Queue,
     tx: TxBufs,
     rx_bufs: u64,
+    /// Receive buffers pushed back but not yet published.
+    rx_unpublished: u16,
     /// Bytes of each receive buffer posted (<= BUF).
     rx_len: usize,
     /// TSC ticks per millisecond (cached: CPUID is an `int3` request).
@@ -85,6 +91,7 @@ impl Net {
             rx: Queue::default(),
             tx: TxBufs::default(),
             rx_bufs: 0,
+            rx_unpublished: 0,
             rx_len: rx_buf.min(BUF),
             tsc_ms: cpu::tsc_per_ms(),
             tx_frames: 0,
@@ -211,10 +218,20 @@ impl Net {
         n
     }
 
-    /// Posts receive buffer `id` again.
+    /// Gives receive buffer `id` back; the device sees it at the next
+    /// [`Self::refill`].
     fn repost(&mut self, id: u16) {
         self.rx.push(id);
-        self.rx.publish();
+        self.rx_unpublished += 1;
+    }
+
+    /// Publishes the buffers given back since the last refill (and kicks
+    /// unless the device asked not to be).
+    fn refill(&mut self) {
+        if self.rx_unpublished > 0 {
+            self.rx.publish();
+            self.rx_unpublished = 0;
+        }
     }
 
     /// The next received frame, if one is there: copied into `buf`
@@ -225,8 +242,18 @@ impl Net {
     /// published only the first).
     pub fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, Reason> {
         let Some((id, len)) = self.pop_rx()? else {
+            self.refill();
             return Ok(None);
         };
+        let frame = self.recv_frame(id, len, buf);
+        if self.rx_unpublished >= REFILL_BATCH || !self.rx.has_used() {
+            self.refill();
+        }
+        frame
+    }
+
+    /// The rest of [`Self::recv`], from the frame's first used entry.
+    fn recv_frame(&mut self, id: u16, len: usize, buf: &mut [u8]) -> Result<Option<usize>, Reason> {
         if len < HDR {
             self.repost(id);
             crate::fail!("receiveq1: used length {len} < header {HDR}");
@@ -251,6 +278,8 @@ impl Net {
                 if let Some(entry) = self.pop_rx()? {
                     break entry;
                 }
+                // Waiting: the device may need the buffers held back.
+                self.refill();
                 if cpu::rdtsc() >= deadline {
                     crate::fail!(
                         "receiveq1: frame of {num_buffers} buffers not completed in {WAIT_MS} ms"
