@@ -5,7 +5,9 @@
 //! service on the host side of a local interface answers the guest;
 //! `locked lladdr` drops frames from a forged source address; taps are
 //! named and aliased for their VM and are gone however it stops; a tap
-//! deleted under a running VM leaves the VM running.
+//! deleted under a running VM leaves the VM running; `reset switches`
+//! deletes the bridges vmd made once unused, never one it did not make;
+//! `rdomain` puts a tap into its VRF (or says the kernel has none).
 //!
 //! One test at a time: every guest spins on its vCPU, and their timeouts
 //! (ARP, echo replies) are short.
@@ -451,6 +453,114 @@ fn two_vms_on_a_switch_reach_each_other_through_its_bridge() {
     ns.wait_link_gone("vm1i0", &vmd, "the guest powered off");
     ns.wait_link_gone("vm2i0", &vmd, "the guest powered off");
     assert!(ns.has_link("vmdtsw0"));
+}
+
+/// `vmctl reset switches` deletes a bridge vmd made once no VM uses it
+/// (keeping it, and saying so, while one does) and never a bridge that
+/// was there before vmd.
+#[test]
+fn reset_switches_deletes_the_unused_bridges_vmd_made_and_only_those() {
+    let _one = serial();
+    let test = "reset_switches_deletes_the_unused_bridges_vmd_made_and_only_those";
+    let Some(ns) = net_or_skip(test, "reset") else {
+        return;
+    };
+    ns.ip(&["link", "add", "name", "vmdtpre0", "type", "bridge"])
+        .expect("ip link add vmdtpre0 type bridge");
+    let dir = Scratch::new("net-reset-switches");
+    let config = format!(
+        "switch \"made\" {{\n interface vmdtsw0\n}}\nswitch \"pre\" {{\n interface vmdtpre0\n}}\n{}",
+        vm_block(
+            "s",
+            "interface { switch \"made\" }\n interface { switch \"pre\" }",
+            "static=10.7.0.1/10.7.0.254 ping=0 linger=600000"
+        ),
+    );
+    let vmd = Vmd::start_in_netns(dir.path("").as_path(), &config, &ns.0);
+    vmd.vmctl(&["start", "s"]).ok();
+    vmd.wait_log("created bridge vmdtsw0 for a switch", 1, TAP_GONE);
+    let ports = |bridge: &str| {
+        ns.ip(&["link", "show", "master", bridge])
+            .unwrap_or_default()
+    };
+    assert!(ports("vmdtsw0").contains(": vm1i0:"), "{}", vmd.log());
+    assert!(ports("vmdtpre0").contains(": vm1i1:"), "{}", vmd.log());
+    // In use: kept, with a line saying why.
+    vmd.vmctl(&["reset", "switches"]).ok();
+    assert!(ns.has_link("vmdtsw0"));
+    vmd.wait_log(
+        "kept bridge vmdtsw0 vmd created for a switch: still used by vm1i0",
+        1,
+        TAP_GONE,
+    );
+    vmd.vmctl(&["stop", "-f", "-w", "s"]).ok();
+    ns.wait_link_gone("vm1i0", &vmd, "vmctl stop -f");
+    ns.wait_link_gone("vm1i1", &vmd, "vmctl stop -f");
+    // Unused: deleted, and logged; the bridge that was there before stays.
+    vmd.vmctl(&["reset", "switches"]).ok();
+    vmd.wait_log(
+        "deleted bridge vmdtsw0 vmd created for a switch",
+        1,
+        TAP_GONE,
+    );
+    assert!(!ns.has_link("vmdtsw0"), "{}", vmd.log());
+    assert!(ns.has_link("vmdtpre0"), "{}", vmd.log());
+    assert!(!vmd.log().contains("vmdtpre0 vmd created"), "{}", vmd.log());
+}
+
+/// `interface { rdomain 5 }` on no switch: the tap's master is VRF
+/// `rdomain5` on table 1005, made by vmd; on a kernel without VRFs the
+/// start fails saying so, and no tap of the VM stays.
+#[test]
+fn an_interface_rdomain_puts_its_tap_into_a_vrf_or_says_the_kernel_has_none() {
+    let _one = serial();
+    let test = "an_interface_rdomain_puts_its_tap_into_a_vrf_or_says_the_kernel_has_none";
+    let Some(ns) = net_or_skip(test, "rdomain") else {
+        return;
+    };
+    let vrf = ns
+        .ip(&["link", "add", "vmdtprobe", "type", "vrf", "table", "10"])
+        .is_some();
+    if vrf {
+        ns.ip(&["link", "del", "vmdtprobe"])
+            .expect("ip link del vmdtprobe");
+    }
+    let dir = Scratch::new("net-rdomain");
+    let config = vm_block(
+        "r",
+        "interface { rdomain 5 }",
+        "static=10.7.0.1/10.7.0.254 ping=0 linger=600000",
+    );
+    let vmd = Vmd::start_in_netns(dir.path("").as_path(), &config, &ns.0);
+    if !vrf {
+        loud(&format!(
+            "{test}: this kernel has no VRF support: checking the refusal only"
+        ));
+        vmd.vmctl(&["start", "r"]).fails_with("CONFIG_NET_VRF");
+        assert!(!ns.has_link("vm1i0"), "tap left behind");
+        assert!(!ns.has_link("rdomain5"));
+        assert_eq!(vmd.row("r").state, "stopped");
+        return;
+    }
+    vmd.vmctl(&["start", "r"]).ok();
+    vmd.wait_log(
+        "created VRF rdomain5 (table 1005) for rdomain 5",
+        1,
+        TAP_GONE,
+    );
+    let link = ns.ip(&["-d", "link", "show", "vm1i0"]).expect("tap vm1i0");
+    assert!(link.contains("master rdomain5"), "{link}");
+    let domain = ns.ip(&["-d", "link", "show", "rdomain5"]).expect("VRF");
+    assert!(domain.contains("vrf table 1005"), "{domain}");
+    vmd.vmctl(&["stop", "-f", "-w", "r"]).ok();
+    ns.wait_link_gone("vm1i0", &vmd, "vmctl stop -f");
+    vmd.vmctl(&["reset", "switches"]).ok();
+    vmd.wait_log(
+        "deleted VRF rdomain5 vmd created for rdomain 5",
+        1,
+        TAP_GONE,
+    );
+    assert!(!ns.has_link("rdomain5"));
 }
 
 /// The guest's datagrams reach a UDP service on the host side of its

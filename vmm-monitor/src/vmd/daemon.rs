@@ -61,6 +61,10 @@ pub struct State {
     pub globals: Globals,
     /// The switches of the configuration in force.
     pub switches: Vec<SwitchConf>,
+    /// The bridges and VRFs vmd created for switches and rdomains, which
+    /// `reset switches` deletes once nothing uses them. Kept in memory
+    /// only: after a restart vmd knows of none, and leaves those links be.
+    pub created_links: Vec<super::net::CreatedLink>,
 }
 
 /// The daemon.
@@ -283,7 +287,7 @@ impl Vmd {
         let mut nics = Vec::with_capacity(spec.nics.len());
         for (index, nic) in spec.nics.iter().enumerate() {
             let mut nic = nic.clone();
-            let bridge = match &nic.switch {
+            let switch = match &nic.switch {
                 None => None,
                 Some(name) => {
                     let switch = switches.iter().find(|s| &s.name == name).ok_or_else(|| {
@@ -299,16 +303,33 @@ impl Vmd {
                     if nic.group.is_none() {
                         nic.group = switch.group.clone();
                     }
-                    Some(
-                        switch
-                            .interface
-                            .clone()
-                            .unwrap_or_else(|| switch.name.clone()),
-                    )
+                    Some(switch)
                 }
             };
-            let opened = super::net::open_nic(&ctx, index, &nic, bridge.as_deref(), random_u16())
-                .map_err(|e| {
+            let switch = switch.map(|s| super::net::Switch {
+                bridge: s.interface.as_deref().unwrap_or(&s.name),
+                rdomain: s.rdomain,
+                up: s.up,
+            });
+            let mut created = Vec::new();
+            let opened = super::net::open_nic(
+                &ctx,
+                index,
+                &nic,
+                switch.as_ref(),
+                random_u16(),
+                &mut created,
+            );
+            // Recorded whether or not the interface came up: they stay.
+            if !created.is_empty() {
+                let mut state = self.lock();
+                for link in created {
+                    if !state.created_links.contains(&link) {
+                        state.created_links.push(link);
+                    }
+                }
+            }
+            let opened = opened.map_err(|e| {
                 Refusal::new(
                     ErrorKind::Host,
                     format!("vm '{}': {}", spec.name, ipc::error_chain(&e)),

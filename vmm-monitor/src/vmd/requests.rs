@@ -423,9 +423,11 @@ fn reload(vmd: &Arc<Vmd>) -> Result<Response, Refusal> {
 }
 
 /// vmd's reset: `vms` and `all` terminate every VM and forget it,
-/// `switches` and `all` drop the switches; then the configuration is read
-/// again (its enabled VMs start). The file is read and checked before
-/// anything is stopped: a broken file changes nothing.
+/// `switches` and `all` drop the switches and delete the bridges and VRFs
+/// vmd created that nothing uses any more (those still used stay
+/// recorded, for a later reset); then the configuration is read again
+/// (its enabled VMs start). The file is read and checked before anything
+/// is stopped: a broken file changes nothing.
 fn reset(vmd: &Arc<Vmd>, target: ResetTarget) -> Result<Response, Refusal> {
     let config = parse(vmd, &vmd.settings.conf_path)?;
     specs_of(&config)?;
@@ -448,7 +450,14 @@ fn reset(vmd: &Arc<Vmd>, target: ResetTarget) -> Result<Response, Refusal> {
         }
     }
     if matches!(target, ResetTarget::Switches | ResetTarget::All) {
-        vmd.lock().switches.clear();
+        let recorded = {
+            let mut state = vmd.lock();
+            state.switches.clear();
+            std::mem::take(&mut state.created_links)
+        };
+        // Not under the lock: a VM starting meanwhile records its own.
+        let kept = super::net::delete_unused(recorded);
+        vmd.lock().created_links.extend(kept);
     }
     let ids = vmd.apply_config(&config, ConfigMode::Replace)?;
     vmd.start_staggered(ids);

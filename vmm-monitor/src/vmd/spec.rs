@@ -103,6 +103,7 @@ impl VmSpec {
                 locked: i.locked,
                 up: i.up,
                 group: i.group.clone(),
+                rdomain: i.rdomain,
             })
             .collect();
         while nics.len() < vm.min_interfaces {

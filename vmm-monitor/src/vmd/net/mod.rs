@@ -10,12 +10,21 @@
 //! - `up` (default) or `down`; a `local` interface gets the host side of
 //!   its /31 out of `local prefix` (and, with `local inet6`, the host side
 //!   of its /96), as `dev_net::addr` computes them; a `switch` interface
-//!   becomes a port of the switch's bridge, created if missing.
+//!   becomes a port of the switch's bridge, created if missing (and then
+//!   brought up, or left down for a `down` switch).
+//! - `rdomain N` (see [`rdomain`]): a switch's puts its bridge into VRF
+//!   `rdomain<N>`, an interface's own puts its tap there when the
+//!   interface is on no switch; on a switch it cannot apply (a bridge
+//!   port has no L3 of its own, nor a second master) and is logged.
 //! - Taps are not persistent: they vanish with the last fd, so whatever
-//!   way a VM ends (or fails to start), its taps go with it.
+//!   way a VM ends (or fails to start), its taps go with it. Bridges and
+//!   VRFs vmd creates stay; vmd records them ([`CreatedLink`]) and
+//!   `vmctl reset switches` deletes those left without members
+//!   ([`delete_unused`]).
 
 pub mod bridge;
 pub mod netlink;
+pub mod rdomain;
 
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
@@ -44,6 +53,8 @@ pub struct NicSpec {
     /// written into the tap's alias (`... group name`), where `ip link`
     /// shows it and scripts can match it.
     pub group: Option<String>,
+    /// `rdomain N`: the tap joins VRF `rdomain<N>` (on no switch only).
+    pub rdomain: Option<u32>,
 }
 
 impl NicSpec {
@@ -57,8 +68,100 @@ impl NicSpec {
             locked: false,
             up: true,
             group: None,
+            rdomain: None,
         }
     }
+}
+
+/// What [`open_nic`] needs about the switch an interface joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switch<'a> {
+    /// The bridge device (created if missing).
+    pub bridge: &'a str,
+    /// The switch's `rdomain`: the VRF its bridge joins.
+    pub rdomain: Option<u32>,
+    /// `up` (default) or `down`: what a bridge vmd creates is left at.
+    pub up: bool,
+}
+
+/// A link vmd created (and so may delete once nothing uses it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreatedLink {
+    /// A switch's bridge.
+    Bridge {
+        /// Its name.
+        name: String,
+    },
+    /// The VRF of a routing domain.
+    Vrf {
+        /// Its name (`rdomain<N>`).
+        name: String,
+        /// The routing domain.
+        rdomain: u32,
+    },
+}
+
+impl CreatedLink {
+    /// The link's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Bridge { name } | Self::Vrf { name, .. } => name,
+        }
+    }
+}
+
+impl std::fmt::Display for CreatedLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bridge { name } => write!(f, "bridge {name} vmd created for a switch"),
+            Self::Vrf { name, rdomain } => {
+                write!(f, "VRF {name} vmd created for rdomain {rdomain}")
+            }
+        }
+    }
+}
+
+/// The links under link `index` (a bridge's ports, a VRF's members),
+/// sorted: what `lower_*` in /sys/class/net/<name>/ lists, asked of
+/// rtnetlink so that it holds in whatever network namespace vmd runs
+/// (sysfs shows the namespace it was mounted in).
+pub fn members(index: u32) -> std::io::Result<Vec<String>> {
+    let mut names = netlink::links_with_master(index)?;
+    names.sort();
+    Ok(names)
+}
+
+/// Deletes every link of `links` that has no members left (see
+/// [`members`]), bridges first (a bridge in a VRF is a member of
+/// it), each with a log line; returns those kept (still used, or not
+/// deletable), with a log line each. A link gone already is dropped.
+pub fn delete_unused(mut links: Vec<CreatedLink>) -> Vec<CreatedLink> {
+    links.sort_by_key(|l| matches!(l, CreatedLink::Vrf { .. }));
+    let mut kept = Vec::new();
+    for link in links {
+        let Some(index) = bridge::index_of(link.name()) else {
+            log::info!("{link} is gone already");
+            continue;
+        };
+        match members(index) {
+            Ok(members) if members.is_empty() => match netlink::delete_link(index) {
+                Ok(()) => log::info!("deleted {link}"),
+                Err(e) => {
+                    log::warn!("kept {link}: cannot delete it: {e}");
+                    kept.push(link);
+                }
+            },
+            Ok(members) => {
+                log::info!("kept {link}: still used by {}", members.join(", "));
+                kept.push(link);
+            }
+            Err(e) => {
+                log::warn!("kept {link}: cannot list what uses it: {e}");
+                kept.push(link);
+            }
+        }
+    }
+    kept
 }
 
 /// A tap ready to hand down, with what dev-net needs to serve it.
@@ -100,6 +203,17 @@ pub enum NetError {
         /// What failed.
         #[source]
         source: dev_net::addr::AddrError,
+    },
+    /// The VRF of a routing domain cannot be had.
+    #[error("interface {index} ({name})")]
+    Vrf {
+        /// Interface index.
+        index: usize,
+        /// The tap's name.
+        name: String,
+        /// What failed.
+        #[source]
+        source: rdomain::VrfError,
     },
     /// Configuring the tap failed.
     #[error("interface {index} ({name}): cannot {what}")]
@@ -146,15 +260,17 @@ pub struct NetContext<'a> {
     pub inet6: Option<Ipv6Net>,
 }
 
-/// Creates and configures the tap of interface `index`, joining `bridge`
-/// if given (its switch's), `random` giving the generated MAC's random
-/// octets.
+/// Creates and configures the tap of interface `index`, joining `switch`
+/// if given, `random` giving the generated MAC's random octets. Bridges
+/// and VRFs created on the way are pushed onto `created` as soon as they
+/// exist, whether or not the whole succeeds (they are kept either way).
 pub fn open_nic(
     ctx: &NetContext<'_>,
     index: usize,
     nic: &NicSpec,
-    bridge: Option<&str>,
+    switch: Option<&Switch<'_>>,
     random: u16,
+    created: &mut Vec<CreatedLink>,
 ) -> Result<OpenNic, NetError> {
     let wanted = nic
         .tap
@@ -183,6 +299,35 @@ pub fn open_nic(
     })?;
     let alias = tap_alias(ctx.vm_id, index, ctx.vm_name, nic.group.as_deref());
     netlink::set_alias(ifindex, &alias).map_err(|e| configure("set its alias", e))?;
+    match (nic.rdomain, switch) {
+        (None | Some(0), _) => {}
+        (Some(asked), Some(switch)) => {
+            let applies = match switch.rdomain {
+                Some(n) => format!("the switch's rdomain {n} applies to it"),
+                None => "the switch has no rdomain".into(),
+            };
+            log::warn!(
+                "vm '{}': interface {index} ({name}): rdomain {asked} not applied: on Linux a \
+                 port of bridge {} has no routing domain of its own; {applies}",
+                ctx.vm_name,
+                switch.bridge
+            );
+        }
+        // Before the addresses: enslaving to a VRF flushes a link's IPv6
+        // addresses (unless keep_addr_on_down), and the routes of those
+        // added afterwards go to the VRF's table.
+        (Some(rdomain), None) => {
+            let vrf = rdomain::ensure_vrf(rdomain, created).map_err(|source| NetError::Vrf {
+                index,
+                name: name.clone(),
+                source,
+            })?;
+            if let Some(vrf) = vrf {
+                let what = format!("put it into VRF {}", rdomain::vrf_name(rdomain));
+                netlink::set_master(ifindex, vrf).map_err(|e| configure(&what, e))?;
+            }
+        }
+    }
     let local = if nic.local {
         let addr_err = |source| NetError::Addr { index, source };
         let v4 = local_addrs(ctx.prefix.addr, ctx.prefix.len, ctx.vm_id, index as u32)
@@ -206,16 +351,15 @@ pub fn open_nic(
     } else {
         None
     };
-    if let Some(bridge) = bridge {
-        if bridge::ensure(bridge).map_err(|e| configure(&format!("create bridge {bridge}"), e))? {
-            log::info!("created bridge {bridge} for a switch");
-            if let Some(b) = bridge::index_of(bridge) {
-                netlink::set_up(b, true)
-                    .map_err(|e| configure(&format!("bring {bridge} up"), e))?;
-            }
-        }
-        bridge::add_port(bridge, ifindex)
-            .map_err(|e| configure(&format!("add it to bridge {bridge}"), e))?;
+    if let Some(switch) = switch {
+        join_switch(switch, ifindex, created).map_err(|e| match e {
+            JoinError::Vrf(source) => NetError::Vrf {
+                index,
+                name: name.clone(),
+                source,
+            },
+            JoinError::Step(what, e) => configure(&what, e),
+        })?;
     }
     netlink::set_up(ifindex, nic.up).map_err(|e| configure("set it up", e))?;
     let mac = match nic.lladdr {
@@ -231,6 +375,55 @@ pub fn open_nic(
         local,
         host_mac,
     })
+}
+
+/// Why [`join_switch`] failed: the switch's VRF, or a step on the bridge.
+enum JoinError {
+    Vrf(rdomain::VrfError),
+    Step(String, std::io::Error),
+}
+
+/// Makes `switch`'s bridge (if missing: then up or down as the switch
+/// says), puts it into the switch's VRF (every time: a bridge already
+/// there stays), and adds tap `port` to it.
+fn join_switch(
+    switch: &Switch<'_>,
+    port: u32,
+    created: &mut Vec<CreatedLink>,
+) -> Result<(), JoinError> {
+    let bridge = switch.bridge;
+    let step = |what: String| move |e| JoinError::Step(what, e);
+    if bridge::ensure(bridge).map_err(step(format!("create bridge {bridge}")))? {
+        created.push(CreatedLink::Bridge {
+            name: bridge.to_string(),
+        });
+        log::info!("created bridge {bridge} for a switch");
+        if switch.up {
+            let b = bridge::index_of(bridge).ok_or_else(|| {
+                JoinError::Step(
+                    format!("find bridge {bridge}"),
+                    std::io::Error::from_raw_os_error(libc::ENODEV),
+                )
+            })?;
+            netlink::set_up(b, true).map_err(step(format!("bring {bridge} up")))?;
+        }
+    }
+    if let Some(rdomain) = switch.rdomain {
+        if let Some(vrf) = rdomain::ensure_vrf(rdomain, created).map_err(JoinError::Vrf)? {
+            let what = format!(
+                "put bridge {bridge} into VRF {}",
+                rdomain::vrf_name(rdomain)
+            );
+            let b = bridge::index_of(bridge).ok_or_else(|| {
+                JoinError::Step(
+                    what.clone(),
+                    std::io::Error::from_raw_os_error(libc::ENODEV),
+                )
+            })?;
+            netlink::set_master(b, vrf).map_err(step(what))?;
+        }
+    }
+    bridge::add_port(bridge, port).map_err(step(format!("add it to bridge {bridge}")))
 }
 
 /// The Ethernet address of interface `name` (SIOCGIFHWADDR).

@@ -70,8 +70,21 @@ fn a_local_interface_on_a_switch_is_named_addressed_up_and_gone_with_its_fd() {
             locked: true,
             up: true,
             group: None,
+            rdomain: None,
         };
-        let open = open_nic(&ctx, 0, &nic, Some("vmdtestbr0"), 0x72dc).unwrap();
+        let switch = Switch {
+            bridge: "vmdtestbr0",
+            rdomain: None,
+            up: true,
+        };
+        let mut created = Vec::new();
+        let open = open_nic(&ctx, 0, &nic, Some(&switch), 0x72dc, &mut created).unwrap();
+        assert_eq!(
+            created,
+            [CreatedLink::Bridge {
+                name: "vmdtestbr0".into()
+            }]
+        );
         assert_eq!(open.name, "vm5i0");
         assert_eq!(open.mac.to_string(), "fe:e1:bb:d1:dc:72");
         let local = open.local.unwrap();
@@ -92,7 +105,8 @@ fn a_local_interface_on_a_switch_is_named_addressed_up_and_gone_with_its_fd() {
             up: false,
             ..nic
         };
-        let second = open_nic(&ctx, 1, &down, None, 1).unwrap();
+        let second = open_nic(&ctx, 1, &down, None, 1, &mut created).unwrap();
+        assert_eq!(created.len(), 1, "nothing more created");
         assert_eq!(flags(&second.name) & libc::IFF_UP as i16, 0);
         // The taps go with their fds.
         drop(open);
@@ -102,4 +116,154 @@ fn a_local_interface_on_a_switch_is_named_addressed_up_and_gone_with_its_fd() {
     })
     .join()
     .unwrap();
+}
+
+#[test]
+fn rdomains_map_to_vrfs_named_for_them_on_tables_past_the_reserved_ones() {
+    assert_eq!(rdomain::vrf_name(5), "rdomain5");
+    assert_eq!(rdomain::vrf_table(5), 1005);
+    assert_eq!(rdomain::vrf_table(rdomain::MAX_RDOMAIN), 1255);
+    assert!(rdomain::vrf_name(rdomain::MAX_RDOMAIN).len() < libc::IFNAMSIZ);
+    // 253..=255 are Linux's default, main and local tables: never ours.
+    for n in 1..=rdomain::MAX_RDOMAIN {
+        assert!(!(253..=255).contains(&rdomain::vrf_table(n)));
+    }
+    // rdomain 0 is the default domain: nothing made, nothing recorded.
+    let mut created = Vec::new();
+    assert_eq!(rdomain::ensure_vrf(0, &mut created).unwrap(), None);
+    assert!(created.is_empty());
+    assert!(matches!(
+        rdomain::ensure_vrf(256, &mut created),
+        Err(rdomain::VrfError::OutOfRange { rdomain: 256 })
+    ));
+}
+
+#[test]
+fn created_links_say_what_vmd_made_them_for() {
+    let bridge = CreatedLink::Bridge {
+        name: "vmdtsw0".into(),
+    };
+    assert_eq!(
+        bridge.to_string(),
+        "bridge vmdtsw0 vmd created for a switch"
+    );
+    let vrf = CreatedLink::Vrf {
+        name: "rdomain5".into(),
+        rdomain: 5,
+    };
+    assert_eq!(vrf.name(), "rdomain5");
+    assert_eq!(vrf.to_string(), "VRF rdomain5 vmd created for rdomain 5");
+}
+
+/// Runs `body` on a thread of its own in a network namespace of its own,
+/// or says SKIPPED (needs root and /dev/net/tun).
+fn in_private_netns(test: &str, body: impl FnOnce() + Send + 'static) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/dev/net/tun").exists() {
+        eprintln!("SKIPPED {test}: needs root and /dev/net/tun");
+        return;
+    }
+    std::thread::spawn(move || {
+        // SAFETY: unshare affects only this (new) thread's net namespace.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        body();
+    })
+    .join()
+    .unwrap();
+}
+
+fn context() -> NetContext<'static> {
+    NetContext {
+        vm_id: 3,
+        vm_name: "web",
+        prefix: crate::vmd::conf::DEFAULT_LOCAL_PREFIX,
+        inet6: None,
+    }
+}
+
+#[test]
+fn a_down_switch_leaves_its_new_bridge_down_and_reset_deletes_it_once_unused() {
+    in_private_netns("a_down_switch_leaves...", || {
+        let ctx = context();
+        let nic = NicSpec {
+            switch: Some("sw".into()),
+            // Not applicable on a switch: logged, not an error.
+            rdomain: Some(4),
+            ..NicSpec::plain()
+        };
+        let switch = Switch {
+            bridge: "vmdtestbr1",
+            rdomain: None,
+            up: false,
+        };
+        let mut created = Vec::new();
+        let open = open_nic(&ctx, 0, &nic, Some(&switch), 1, &mut created).unwrap();
+        assert_eq!(flags("vmdtestbr1") & libc::IFF_UP as i16, 0, "left down");
+        assert_ne!(flags(&open.name) & libc::IFF_UP as i16, 0, "the tap is up");
+        assert!(bridge::index_of("rdomain4").is_none(), "no VRF for a port");
+        let b = bridge::index_of("vmdtestbr1").unwrap();
+        assert_eq!(members(b).unwrap(), [open.name.as_str()]);
+        // A bridge vmd did not make is never in the record.
+        assert!(bridge::ensure("vmdtestother").unwrap());
+        // In use: kept.
+        let kept = delete_unused(created);
+        assert_eq!(kept.len(), 1);
+        assert!(bridge::index_of("vmdtestbr1").is_some());
+        // Unused: deleted, and so dropped from the record.
+        drop(open);
+        assert!(delete_unused(kept).is_empty());
+        assert!(bridge::index_of("vmdtestbr1").is_none());
+        assert!(bridge::index_of("vmdtestother").is_some());
+    });
+}
+
+#[test]
+fn an_rdomain_puts_the_tap_into_its_vrf_or_says_the_kernel_has_none() {
+    in_private_netns("an_rdomain_puts_the_tap...", || {
+        let ctx = context();
+        let nic = NicSpec {
+            local: true,
+            rdomain: Some(5),
+            ..NicSpec::plain()
+        };
+        let mut created = Vec::new();
+        match open_nic(&ctx, 0, &nic, None, 1, &mut created) {
+            Ok(open) => {
+                assert_eq!(
+                    created,
+                    [CreatedLink::Vrf {
+                        name: "rdomain5".into(),
+                        rdomain: 5
+                    }]
+                );
+                assert_ne!(flags("rdomain5") & libc::IFF_UP as i16, 0, "VRF up");
+                let vrf = bridge::index_of("rdomain5").unwrap();
+                assert_eq!(members(vrf).unwrap(), [open.name.as_str()]);
+                drop(open);
+                assert!(delete_unused(created).is_empty());
+                assert!(bridge::index_of("rdomain5").is_none());
+            }
+            Err(e) => {
+                let text = ipc::error_chain(&e);
+                assert!(
+                    matches!(
+                        e,
+                        NetError::Vrf {
+                            source: rdomain::VrfError::Unsupported { .. },
+                            ..
+                        }
+                    ),
+                    "{text}"
+                );
+                assert_eq!(
+                    text,
+                    "interface 0 (vm3i0): cannot create VRF rdomain5 for rdomain 5: \
+                     Operation not supported (os error 95) — this kernel has no VRF \
+                     support (CONFIG_NET_VRF)"
+                );
+                assert!(created.is_empty());
+                assert!(bridge::index_of("vm3i0").is_none(), "the tap is gone");
+            }
+        }
+    });
 }
