@@ -256,6 +256,49 @@ pub fn guest() -> String {
     std::env::var("VMD_TEST_GUEST").unwrap_or_else(|_| crate::TEST_GUEST.into())
 }
 
+// ---- CPU time ----
+
+/// Field `n` (1-based, as stat(5) numbers them; `n` >= 3) of
+/// /proc/PID/stat.
+fn stat_field(pid: libc::pid_t, n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    after_comm.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// The youngest process named `comm` (`/proc/PID/comm`), if one runs: a
+/// process of an earlier run that is still on its way out is older.
+pub fn find_process(comm: &str) -> Option<libc::pid_t> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&pid| process_name(pid).as_deref() == Some(comm))
+        .max_by_key(|&pid| stat_field(pid, 22).unwrap_or(0))
+}
+
+/// The parent of process `pid`.
+pub fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    stat_field(pid, 4).map(|p| p as libc::pid_t)
+}
+
+/// Nanoseconds on a CPU of the threads of process `pid` whose name
+/// (`comm`) `keep` accepts, from /proc/PID/task/TID/schedstat (threads
+/// that ended are not counted; 0 for a process that is gone).
+pub fn threads_cpu_ns(pid: libc::pid_t, keep: impl Fn(&str) -> bool) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| keep(c.trim_end_matches('\n')))
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 // ---- the guest's lines ----
 
 /// The value of `key=` in a line of `key=value` words.

@@ -40,8 +40,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmd_tests::bench::{
-    drain, exit_code, handle_signals, interrupted, lines, median, num, spread, Guard, Result,
-    Scratch,
+    drain, exit_code, find_process, handle_signals, interrupted, lines, median, num, parent_of,
+    spread, threads_cpu_ns, Guard, Result, Scratch,
 };
 
 const MEMORY_MIB: u64 = 256;
@@ -264,6 +264,38 @@ struct Sample {
     arrived_pps: f64,
     /// UDP payload Mbit/s that arrived.
     arrived_mbps: f64,
+    /// CPU µs per datagram that arrived: the device side (ours: dev-net;
+    /// QEMU: its threads but the vCPU's) and the guest's vCPU thread.
+    device_us: f64,
+    vcpu_us: f64,
+}
+
+/// Whether a QEMU thread name is a vCPU's (`CPU 0/KVM`).
+fn is_qemu_vcpu(comm: &str) -> bool {
+    comm.starts_with("CPU ")
+}
+
+/// CPU nanoseconds so far of the device side and of the guest's vCPU
+/// (see [`Sample::device_us`]).
+fn cpu_now(vmm: Vmm, vm: &Running) -> (u64, u64) {
+    match vmm {
+        Vmm::Ours => {
+            // dev-net's parent is the VM's monitor.
+            let dev = find_process("dev-net");
+            let monitor = dev.and_then(parent_of);
+            (
+                dev.map_or(0, |p| threads_cpu_ns(p, |_| true)),
+                monitor.map_or(0, |p| threads_cpu_ns(p, |c| c == "vcpu0")),
+            )
+        }
+        Vmm::Qemu => {
+            let pid = vm.main.pid();
+            (
+                threads_cpu_ns(pid, |c| !is_qemu_vcpu(c)),
+                threads_cpu_ns(pid, is_qemu_vcpu),
+            )
+        }
+    }
 }
 
 /// A running VM: its console lines, and whatever must go with it.
@@ -394,8 +426,10 @@ fn start_qemu(setup: &Setup, ns: &Netns, cmdline: &str) -> Result<Running> {
     let device = format!("virtio-net-pci,netdev=n0,disable-legacy=on,mac={QEMU_MAC}");
     let mut qemu = Guard::spawn(
         Command::new("ip")
-            .args(["netns", "exec", &ns.0, "qemu-system-x86_64"])
+            .args(["netns", "exec", &ns.0, "setsid", "qemu-system-x86_64"])
             .args(["-accel", "kvm", "-M", "q35", "-smp", "1"])
+            // Thread names, so that the vCPU's CPU time can be told apart.
+            .args(["-name", "bench,debug-threads=on"])
             .args(["-m", &format!("{MEMORY_MIB}M")])
             .args([
                 "-nodefaults",
@@ -451,6 +485,7 @@ fn run_case(setup: &Setup, vmm: Vmm, ns: &Netns, dir: Dir, size: usize) -> Resul
     let mut passed = false;
     let mut failure = None;
     let mut result: Option<String> = None;
+    let (mut cpu_start, mut cpu_end) = (None, None);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = match vm.lines.recv_timeout(left) {
@@ -463,6 +498,21 @@ fn run_case(setup: &Setup, vmm: Vmm, ns: &Netns, dir: Dir, size: usize) -> Resul
         };
         console.push_str(&line);
         console.push('\n');
+        // The window: from the guest's first line of the net test (tx
+        // starts sending right after it) or its rx "ready", to its result.
+        let starts = match dir {
+            Dir::Tx => line.starts_with("VMDT net mac="),
+            Dir::Rx => line == "VMDT net bench rx ready",
+        };
+        if starts {
+            let qemu = vmd_tests::bench::process_name(vm.main.pid());
+            if vmm == Vmm::Qemu && qemu.as_deref() != Some("qemu-system-x86") {
+                // `ip netns exec` and `setsid` exec, so it should be.
+                failure = Some(format!("the process started is {qemu:?}, not QEMU"));
+                break;
+            }
+            cpu_start = Some(cpu_now(vmm, &vm));
+        }
         if let Some(mac) = line.strip_prefix("VMDT net mac=") {
             if let Some(go) = go.take() {
                 // A permanent neighbour: the source needs no ARP.
@@ -483,6 +533,7 @@ fn run_case(setup: &Setup, vmm: Vmm, ns: &Netns, dir: Dir, size: usize) -> Resul
             || line.starts_with("VMDT net bench rx frames=")
         {
             result = Some(line.clone());
+            cpu_end = Some(cpu_now(vmm, &vm));
             if dir == Dir::Rx {
                 stop.store(true, Ordering::Relaxed);
             }
@@ -543,6 +594,9 @@ fn run_case(setup: &Setup, vmm: Vmm, ns: &Netns, dir: Dir, size: usize) -> Resul
     };
     let ms = num(&result, "ms")?.max(1) as f64;
     let frames = num(&result, "frames")? as f64;
+    let ((dev0, vcpu0), (dev1, vcpu1)) = cpu_start.zip(cpu_end).ok_or("no CPU window")?;
+    let per_frame =
+        |ns0: u64, ns1: u64, n: f64| ns1.saturating_sub(ns0) as f64 / 1000.0 / n.max(1.0);
     Ok(match dir {
         Dir::Tx => {
             let sunk = sunk.unwrap_or_default();
@@ -550,6 +604,8 @@ fn run_case(setup: &Setup, vmm: Vmm, ns: &Netns, dir: Dir, size: usize) -> Resul
                 sent_pps: frames * 1000.0 / ms,
                 arrived_pps: sunk.frames as f64 * 1000.0 / ms,
                 arrived_mbps: sunk.bytes as f64 * 8.0 / 1000.0 / ms,
+                device_us: per_frame(dev0, dev1, sunk.frames as f64),
+                vcpu_us: per_frame(vcpu0, vcpu1, sunk.frames as f64),
             }
         }
         Dir::Rx => {
@@ -564,6 +620,8 @@ fn run_case(setup: &Setup, vmm: Vmm, ns: &Netns, dir: Dir, size: usize) -> Resul
                 sent_pps: sourced.frames as f64 / sourced.secs.max(1e-9),
                 arrived_pps: frames * 1000.0 / ms,
                 arrived_mbps: frames * size as f64 * 8.0 / 1000.0 / ms,
+                device_us: per_frame(dev0, dev1, frames),
+                vcpu_us: per_frame(vcpu0, vcpu1, frames),
             }
         }
     })
@@ -612,6 +670,28 @@ fn report(samples: &BTreeMap<(Key, bool), Vec<Sample>>, keys: &[Key], rounds: us
             mbps(true),
             mbps(false),
             mbps(true) / mbps(false),
+        );
+    }
+    println!(
+        "CPU µs per datagram arrived, medians: device = ours dev-net, QEMU's threads but the \
+         vCPU's; vCPU = the guest's vCPU thread"
+    );
+    println!(
+        "{:<10} {:>10} {:>10} {:>6}   {:>10} {:>10} {:>6}",
+        "case", "dev ours", "dev qemu", "ratio", "vcpu ours", "vcpu qemu", "ratio"
+    );
+    for key in keys {
+        let label = format!("{} {}B", if key.0 == Dir::Tx { "tx" } else { "rx" }, key.1);
+        let dev = |o| median(get(key, o, |s| s.device_us));
+        let vcpu = |o| median(get(key, o, |s| s.vcpu_us));
+        println!(
+            "{label:<10} {:>10.2} {:>10.2} {:>6.2}   {:>10.2} {:>10.2} {:>6.2}",
+            dev(true),
+            dev(false),
+            dev(true) / dev(false),
+            vcpu(true),
+            vcpu(false),
+            vcpu(true) / vcpu(false),
         );
     }
     println!("per-round ratios of arrived pps, lowest to highest (round i against round i):");
