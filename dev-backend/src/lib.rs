@@ -18,6 +18,7 @@
 //! | [`config`] | configuration-change messages over the backend channel |
 //! | [`metrics`] | the counters each device keeps |
 //! | [`process`] | the device process's `--socket-fd` / `--socket` connection and passed fds |
+//! | [`sandbox`] | the device process's sandbox options; entering its profile before serving |
 //! | `testing` | (feature `test-driver`) an in-process frontend and an echo device |
 //!
 //! What vhost-user-backend 0.24 lacks and this layer adds: inflight I/O
@@ -39,6 +40,7 @@ pub mod iov;
 pub mod memory;
 pub mod metrics;
 pub mod process;
+pub mod sandbox;
 pub mod serve;
 mod sys;
 pub mod vring;
@@ -54,4 +56,6 @@ pub use iov::GuestIoVecs;
 pub use memory::GuestMemoryMmap;
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use process::{Connection, ConnectionArgs, Endpoint, FdError};
+pub use sandbox::SandboxArgs;
+pub use sandbox_profiles::{Profile, SandboxError};
 pub use serve::{serve_connection, serve_path, ServeError};

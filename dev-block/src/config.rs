@@ -46,6 +46,9 @@ pub struct Cli {
     /// The vhost-user connection: `--socket-fd FD` or `--socket PATH`.
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// The sandbox: `--report-fd FD`, `--sandbox-user UID:GID`, `--no-sandbox`.
+    #[command(flatten)]
+    pub sandbox: dev_backend::SandboxArgs,
     /// Inherited fd of the image (under the monitor).
     #[arg(
         long,
@@ -99,6 +102,8 @@ pub enum ImageSource {
 pub struct BlockConfig {
     /// The vhost-user connection.
     pub connection: Connection,
+    /// The sandbox options.
+    pub sandbox: dev_backend::SandboxArgs,
     /// The image.
     pub image: ImageSource,
     /// The format, if given.
@@ -169,8 +174,10 @@ impl TryFrom<Cli> for BlockConfig {
             Some(n) => n,
             None => (usize::from(cli.queues) * IO_THREADS_PER_QUEUE).min(MAX_DEFAULT_IO_THREADS),
         };
+        cli.sandbox.validate()?;
         Ok(Self {
             connection,
+            sandbox: cli.sandbox,
             image,
             format,
             readonly: cli.readonly,

@@ -33,6 +33,9 @@ pub enum RunError {
     /// A passed fd is not open.
     #[error(transparent)]
     BadFd(#[from] FdError),
+    /// The sandbox could not be entered.
+    #[error("sandbox")]
+    Sandbox(#[from] dev_backend::SandboxError),
     /// The image could not be opened.
     #[error("cannot open the image {name}")]
     OpenPath {
@@ -98,11 +101,17 @@ pub fn run(config: BlockConfig) -> Result<(), RunError> {
         disk.size(),
         if disk.read_only() { ", read-only" } else { "" }
     );
+    // The sandbox before the I/O threads start: landlock binds the calling
+    // thread and those it starts later (seccomp binds them all).
+    let endpoint = config.connection.open()?;
+    config
+        .sandbox
+        .enter_for(&endpoint, dev_backend::Profile::DevBlock)?;
     let device = device::BlockDevice::new(disk, &config.serial, config.queues, DEFAULT_QUEUE_SIZE);
     let backend = backend::BlockBackend::new(device, DEFAULT_QUEUE_SIZE, config.io_threads)?;
     log::info!("{} I/O threads", backend.io_threads());
     // Standalone, serving returns only errors.
-    config.connection.open()?.serve(backend)?;
+    endpoint.serve(backend)?;
     log::info!("the frontend hung up");
     Ok(())
 }

@@ -34,6 +34,9 @@ pub struct Cli {
     /// The vhost-user connection: `--socket-fd FD` or `--socket PATH`.
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// The sandbox: `--report-fd FD`, `--sandbox-user UID:GID`, `--no-sandbox`.
+    #[command(flatten)]
+    pub sandbox: dev_backend::SandboxArgs,
     /// Inherited fd of the pty master.
     #[arg(long, value_name = "FD")]
     pub pty_fd: Option<i32>,
@@ -70,6 +73,8 @@ pub enum PtySource {
 pub struct ConsoleConfig {
     /// The vhost-user connection.
     pub connection: Connection,
+    /// The sandbox options.
+    pub sandbox: dev_backend::SandboxArgs,
     /// The pty.
     pub pty: PtySource,
     /// The side channel to the monitor, if any (always under the monitor).
@@ -154,8 +159,10 @@ impl TryFrom<Cli> for ConsoleConfig {
         if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
             return Err(ConfigError::SameFd(w[0]));
         }
+        cli.sandbox.validate()?;
         Ok(Self {
             connection,
+            sandbox: cli.sandbox,
             pty,
             side_channel,
             ring_size: ring_size(cli.ring_size.as_deref())?,

@@ -53,6 +53,9 @@ pub enum RunError {
     /// A passed fd is not open.
     #[error(transparent)]
     BadFd(#[from] FdError),
+    /// The sandbox could not be entered.
+    #[error("sandbox")]
+    Sandbox(#[from] dev_backend::SandboxError),
     /// A passed pty fd is not a terminal.
     #[error("fd {fd} ({what}) is not a terminal")]
     NotTty {
@@ -139,6 +142,11 @@ pub fn run(config: ConsoleConfig) -> Result<(), RunError> {
     let pty = take_pty(&config.pty)?;
     let side = config.side_channel.map(take_side_channel).transpose()?;
     let endpoint = config.connection.open()?;
+    // Before the vhost-user thread starts (landlock binds this thread and
+    // those it starts later; seccomp binds them all).
+    config
+        .sandbox
+        .enter_for(&endpoint, dev_backend::Profile::DevConsole)?;
     // Before any output, input goes to COM1 if there is one.
     let first_input = if side.is_some() {
         Source::Com1

@@ -12,6 +12,7 @@
 use clap::Parser;
 pub use dev_backend::process::Connection;
 use dev_backend::process::{passed_fd, ConnectionArgs, FdError};
+use dev_backend::SandboxArgs;
 
 use crate::mac::{MacAddr, MacParseError};
 
@@ -22,6 +23,9 @@ pub struct Cli {
     /// The vhost-user connection: `--socket-fd FD` or `--socket PATH`.
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// The sandbox: `--report-fd FD`, `--sandbox-user UID:GID`, `--no-sandbox`.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
     /// Inherited tap fd, IFF_VNET_HDR set (under the monitor).
     #[arg(
         long,
@@ -78,6 +82,8 @@ pub struct NetConfig {
     pub locked: bool,
     /// A local interface's built-in DHCP server, if this is one.
     pub dhcp: Option<crate::dhcp::DhcpConfig>,
+    /// The sandbox options.
+    pub sandbox: SandboxArgs,
 }
 
 /// A command line that cannot be used.
@@ -108,6 +114,7 @@ impl TryFrom<Cli> for NetConfig {
             .connection
             .connection()?
             .ok_or(ConfigError::Missing("--socket-fd or --socket"))?;
+        cli.sandbox.validate()?;
         let tap = match (cli.tap_fd, cli.tap) {
             (Some(fd), _) => TapSource::Fd(passed_fd("tap-fd", fd)?),
             (None, Some(name)) => TapSource::Create(name),
@@ -136,6 +143,7 @@ impl TryFrom<Cli> for NetConfig {
             mac,
             locked: cli.locked,
             dhcp,
+            sandbox: cli.sandbox,
         })
     }
 }

@@ -41,6 +41,7 @@ use std::sync::Arc;
 
 use config::{NetConfig, TapSource};
 use dev_backend::process::{take_passed_fd, FdError};
+use dev_backend::Profile;
 use device::NetDevice;
 use tap::{Tap, TapError};
 
@@ -62,6 +63,9 @@ pub enum RunError {
     /// The DHCP server's configuration is not usable.
     #[error("built-in DHCP")]
     Dhcp(#[source] dhcp::DhcpConfigError),
+    /// The sandbox could not be entered.
+    #[error("sandbox")]
+    Sandbox(#[from] dev_backend::SandboxError),
 }
 
 /// Builds the device on the tap and serves it until the frontend hangs up
@@ -90,9 +94,9 @@ pub fn run(config: NetConfig) -> Result<(), RunError> {
         device.set_frame_filter(Box::new(server));
     }
     // Standalone, serving returns only errors.
-    let result = config
-        .connection
-        .open()?
+    let endpoint = config.connection.open()?;
+    config.sandbox.enter_for(&endpoint, Profile::DevNet)?;
+    let result = endpoint
         .serve(Arc::clone(&device))
         .map(|()| log::info!("the frontend hung up"));
     log::info!("{}", device.net_metrics());

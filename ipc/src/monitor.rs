@@ -114,6 +114,11 @@ pub struct Launch {
     pub console: bool,
     /// The log level to start with.
     pub log_level: LogLevel,
+    /// The unprivileged uid and gid the VM's device processes become.
+    pub sandbox_user: Option<(u32, u32)>,
+    /// Run the VM's device processes without their sandbox (debugging;
+    /// vmd sets it only when root asked).
+    pub sandbox_off: bool,
 }
 
 /// One disk, opened (and locked) by vmd. Its fds: the image, then its

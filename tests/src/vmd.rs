@@ -339,3 +339,53 @@ impl Drop for Vmd {
         }
     }
 }
+
+/// `/proc/PID/status` field `key` (its value, trimmed; "" if absent).
+pub fn status_field(pid: u32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The children of `pid` named `comm`.
+pub fn children_named(pid: u32, comm: &str) -> Vec<u32> {
+    let tasks =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    tasks
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// Panics unless process `pid` (named `what` in messages) is sandboxed as
+/// a VM's device under vmd as root: seccomp filter mode, no_new_privs, no
+/// capability in any set, and one unprivileged uid of vmd's range
+/// (returned).
+#[track_caller]
+pub fn assert_sandboxed(pid: u32, what: &str) -> u32 {
+    assert_eq!(
+        status_field(pid, "Seccomp"),
+        "2",
+        "{what}: seccomp filter mode"
+    );
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1", "{what}");
+    for set in ["CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"] {
+        assert_eq!(status_field(pid, set), "0000000000000000", "{what}: {set}");
+    }
+    let uids: Vec<u32> = status_field(pid, "Uid")
+        .split_whitespace()
+        .filter_map(|u| u.parse().ok())
+        .collect();
+    assert_eq!(uids.len(), 4, "{what}");
+    assert!(
+        uids.iter().all(|&u| u == uids[0] && u >= 0x7000_0000),
+        "{what}: uids {uids:?}"
+    );
+    uids[0]
+}

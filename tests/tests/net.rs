@@ -322,6 +322,11 @@ fn a_local_interface_gets_its_address_by_dhcp_and_pings_the_host_side() {
     // dev-net holds its tap and nothing of the console or other VMs.
     let monitor: u32 = vmd.row("n").pid.parse().unwrap();
     let fds = open_files_of_child(monitor, "dev-net");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let dev_net = vmd_tests::vmd::children_named(monitor, "dev-net");
+        vmd_tests::vmd::assert_sandboxed(dev_net[0], "dev-net");
+    }
     assert_eq!(
         fds.iter().filter(|f| *f == "/dev/net/tun").count(),
         1,

@@ -176,6 +176,35 @@ pub struct VmConfig {
     pub cpus: usize,
     /// Disks, in the order given (the guest sees them in PCI slot order).
     pub disks: Vec<DiskBackend>,
+    /// How the VM's device processes are sandboxed.
+    pub sandbox: DeviceSandbox,
+}
+
+/// How a VM's device processes are sandboxed (crate sandbox-profiles:
+/// each enters its profile before it serves).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceSandbox {
+    /// The unprivileged uid and gid they become when the monitor runs as
+    /// root (vmd gives each VM its own).
+    pub user: Option<(u32, u32)>,
+    /// Run them without their sandbox: debugging only, which vmd allows
+    /// only when root asks (and every process logs loudly).
+    pub off: bool,
+}
+
+impl DeviceSandbox {
+    /// The device command-line options that say so.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some((uid, gid)) = self.user {
+            args.push("--sandbox-user".to_string());
+            args.push(format!("{uid}:{gid}"));
+        }
+        if self.off {
+            args.push("--no-sandbox".to_string());
+        }
+        args
+    }
 }
 
 /// A command-line value that cannot be used.
@@ -247,6 +276,7 @@ impl TryFrom<Cli> for VmConfig {
             .map(|d| d.parse())
             .collect::<Result<_, _>>()?;
         Ok(VmConfig {
+            sandbox: DeviceSandbox::default(),
             kernel: cli.kernel.ok_or(ConfigError::NoKernel)?,
             initrd: cli.initrd,
             cmdline: cli.cmdline,

@@ -17,12 +17,13 @@
 //!   [`DeviceProcess`] gives the process [`EXIT_GRACE`] to end on its own
 //!   (its frontend is gone by then), then kills it.
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::config::DeviceSandbox;
 use crate::exit::{VmEvent, VmEvents};
 
 /// First fd number a device process finds its passed fds at.
@@ -91,11 +92,51 @@ impl DeviceProcess {
         fds: &[BorrowedFd<'_>],
         events: VmEvents,
     ) -> Result<Self, DeviceProcessError> {
+        Self::start(name, program, args.to_vec(), fds, events, None)
+    }
+
+    /// [`spawn`](Self::spawn) for a device binary, sandboxed as `sandbox`
+    /// says, which takes `--report-fd`: a pipe whose write end follows `fds`, where its
+    /// sandbox reports a refused call; the waiter reads it once the
+    /// process has ended and logs the report as the cause of death.
+    pub fn spawn_device(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        fds: &[BorrowedFd<'_>],
+        events: VmEvents,
+        sandbox: &DeviceSandbox,
+    ) -> Result<Self, DeviceProcessError> {
+        let spawn_err = |source| DeviceProcessError::Spawn {
+            name: name.to_string(),
+            source,
+        };
+        let (read_end, write_end) = report_pipe().map_err(spawn_err)?;
+        let mut all: Vec<BorrowedFd<'_>> = fds.to_vec();
+        all.push(write_end.as_fd());
+        let mut args = args.to_vec();
+        args.extend(sandbox.args());
+        if sandbox.off {
+            log::warn!("{name}: started WITHOUT its sandbox (vmd was asked for it by root)");
+        }
+        args.push("--report-fd".into());
+        args.push((FIRST_PASSED_FD + fds.len() as RawFd).to_string());
+        Self::start(name, program, args, &all, events, Some(read_end))
+    }
+
+    fn start(
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        fds: &[BorrowedFd<'_>],
+        events: VmEvents,
+        report: Option<OwnedFd>,
+    ) -> Result<Self, DeviceProcessError> {
         let sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         let mut command = Command::new(program);
         // The monitor's own level, so that the device's first lines (what
         // it serves, with which options) are logged as the monitor's are.
-        command.args(args).args(verbosity_args(log::max_level()));
+        command.args(&args).args(verbosity_args(log::max_level()));
         // SAFETY: the closure runs in the forked child before exec and only
         // calls async-signal-safe functions (dup, dup2, fcntl, close) on fds
         // the parent keeps open for the duration of spawn().
@@ -114,7 +155,7 @@ impl DeviceProcess {
         let waiter_name = name.to_string();
         let spawned = std::thread::Builder::new()
             .name(format!("wait-{name}"))
-            .spawn(move || wait_for(&waiter_name, &waiter_child, &events));
+            .spawn(move || wait_for(&waiter_name, &waiter_child, &events, report));
         if let Err(source) = spawned {
             kill(&child);
             return Err(DeviceProcessError::Spawn {
@@ -210,8 +251,20 @@ fn kill(child: &Mutex<Option<Child>>) {
     }
 }
 
-/// Reaps the child and reports its death.
-fn wait_for(name: &str, child: &Mutex<Option<Child>>, events: &VmEvents) {
+/// A close-on-exec pipe: (read end, write end).
+fn report_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Reaps the child and reports its death (with its sandbox's report, if
+/// it wrote one).
+fn wait_for(name: &str, child: &Mutex<Option<Child>>, events: &VmEvents, report: Option<OwnedFd>) {
     let pid = match child.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         Some(c) => c.id() as libc::pid_t,
         None => return,
@@ -230,7 +283,11 @@ fn wait_for(name: &str, child: &Mutex<Option<Child>>, events: &VmEvents) {
         );
         return;
     }
-    let how = describe(std::process::ExitStatus::from_raw(status));
+    let mut how = describe(std::process::ExitStatus::from_raw(status));
+    if let Some(line) = report.as_ref().and_then(sandbox_profiles::read_report) {
+        log::error!("{name}: pid {pid} stopped by its sandbox: {line}");
+        how = format!("stopped by its sandbox ({line})");
+    }
     if events.is_stopping() {
         log::debug!("{name}: pid {pid} {how}");
     } else {
@@ -312,6 +369,41 @@ mod tests {
             VmEvent::DeviceDied {
                 device: "test0".into(),
                 how: "exited with status 7".into()
+            }
+        );
+        drop(proc);
+    }
+
+    /// A device its sandbox stopped: the report it left on the report fd
+    /// (here written by a script standing in for the SIGSYS reporter)
+    /// becomes the cause of death the VM is stopped with.
+    #[test]
+    fn spawn_device_reads_the_sandbox_report_into_the_cause_of_death() {
+        let (events, rx) = VmEvents::new();
+        let a = std::fs::File::open("/dev/null").unwrap();
+        let line = "sandbox: profile dev_net: thread net-q0 made syscall socket (41), \
+                    which its profile does not allow";
+        // The report fd follows the one passed fd: 4.
+        let script = format!("echo '{line}' >&4; exit 159");
+        let sandbox = DeviceSandbox {
+            user: Some((1234, 1234)),
+            off: false,
+        };
+        let proc = DeviceProcess::spawn_device(
+            "net0",
+            Path::new("/bin/sh"),
+            &["-c".into(), script],
+            &[a.as_fd()],
+            events,
+            &sandbox,
+        )
+        .unwrap();
+        let event = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            event,
+            VmEvent::DeviceDied {
+                device: "net0".into(),
+                how: format!("stopped by its sandbox ({line})")
             }
         );
         drop(proc);

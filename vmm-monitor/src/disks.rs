@@ -88,6 +88,7 @@ pub fn attach(
     disk: &DiskBackend,
     queues: u16,
     events: &VmEvents,
+    sandbox: &crate::config::DeviceSandbox,
 ) -> Result<AttachedDisk, DiskError> {
     let name = format!("disk{index}");
     let queues = queues.clamp(1, MAX_BLOCK_QUEUES);
@@ -116,7 +117,7 @@ pub fn attach(
                 readonly: *readonly,
             };
             // The child gets its copies; ours close when attach returns.
-            spawn_dev_block(&served, queues, events)
+            spawn_dev_block(&served, queues, events, sandbox)
         }
         DiskBackend::Files(files) => {
             let served = Served {
@@ -128,7 +129,7 @@ pub fn attach(
                 readonly: files.readonly,
             };
             // The files stay open in `files` for a rebuilt VM.
-            spawn_dev_block(&served, queues, events)
+            spawn_dev_block(&served, queues, events, sandbox)
         }
     }
 }
@@ -149,6 +150,7 @@ fn spawn_dev_block(
     disk: &Served<'_>,
     queues: u16,
     events: &VmEvents,
+    sandbox: &crate::config::DeviceSandbox,
 ) -> Result<AttachedDisk, DiskError> {
     let index = disk.index;
     let name = format!("disk{index}");
@@ -181,7 +183,8 @@ fn spawn_dev_block(
         args.push((5 + i).to_string());
         fds.push(file.as_fd());
     }
-    let process = DeviceProcess::spawn(&name, &program, &args, &fds, events.clone())?;
+    let process =
+        DeviceProcess::spawn_device(&name, &program, &args, &fds, events.clone(), sandbox)?;
     // The child has its copy of the socket; ours closes here.
     drop(fds);
     drop(theirs);

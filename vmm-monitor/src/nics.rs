@@ -70,12 +70,13 @@ pub fn attach(vm: &mut Vm, index: usize, nic: &NicFiles) -> Result<(), VmError> 
     })?;
     let program = sibling_binary("dev-net")?;
     let fds = [theirs.as_fd(), nic.tap.as_fd()];
-    let process = DeviceProcess::spawn(
+    let process = DeviceProcess::spawn_device(
         &name,
         &program,
         &dev_net_args(&nic.attach),
         &fds,
         vm.events(),
+        vm.device_sandbox(),
     )?;
     drop(theirs);
     let device = VhostUserDevice::connect(&name, ours, VIRTIO_ID_NET, NET_QUEUES)?;

@@ -164,6 +164,7 @@ pub struct Vm {
     stopper: StopHandle,
     gate: Arc<PauseGate>,
     com1: Arc<Mutex<Serial>>,
+    sandbox: crate::config::DeviceSandbox,
 }
 
 impl Vm {
@@ -259,6 +260,7 @@ impl Vm {
             processes: Vec::new(),
             gate: Arc::new(PauseGate::new()),
             com1,
+            sandbox: config.sandbox.clone(),
         })
     }
 
@@ -271,6 +273,11 @@ impl Vm {
     /// A handle to report events to this VM (e.g. [`VmEvent::Stopped`]).
     pub fn events(&self) -> VmEvents {
         self.reporter.clone()
+    }
+
+    /// How this VM's device processes are sandboxed.
+    pub fn device_sandbox(&self) -> &crate::config::DeviceSandbox {
+        &self.sandbox
     }
 
     /// COM1, for feeding it console input.
@@ -302,7 +309,7 @@ impl Vm {
     pub fn attach_disks(&mut self, config: &VmConfig) -> Result<(), VmError> {
         let queues = u16::try_from(config.cpus).unwrap_or(u16::MAX);
         for (index, disk) in config.disks.iter().enumerate() {
-            let attached = disks::attach(index, disk, queues, &self.reporter)?;
+            let attached = disks::attach(index, disk, queues, &self.reporter, &self.sandbox)?;
             self.processes.extend(attached.process);
             let slot = self.add_virtio_device(Box::new(attached.device))?;
             log::info!("disk{index}: virtio-blk at PCI 00:{slot:02x}.0");

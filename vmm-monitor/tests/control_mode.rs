@@ -237,6 +237,8 @@ impl FakeVmd {
             initrd: false,
             console: true,
             log_level: LogLevel::Info,
+            sandbox_user: None,
+            sandbox_off: false,
         };
         let fds = [
             kvm.as_fd(),
@@ -578,6 +580,8 @@ fn a_launch_with_missing_fds_is_answered_failed_and_the_monitor_exits_1() {
         initrd: true,
         console: false,
         log_level: LogLevel::Info,
+        sandbox_user: None,
+        sandbox_off: false,
     };
     let null = File::open("/dev/null").unwrap();
     chan.send(&ToMonitor::Launch(launch), &[null.as_fd()])

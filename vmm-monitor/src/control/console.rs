@@ -107,7 +107,14 @@ impl ConsoleLink {
             self.pty.slave.as_fd(),
             pending.theirs.as_fd(),
         ];
-        let process = DeviceProcess::spawn(name, &program, &args, &fds, vm.events())?;
+        let process = DeviceProcess::spawn_device(
+            name,
+            &program,
+            &args,
+            &fds,
+            vm.events(),
+            vm.device_sandbox(),
+        )?;
         drop(theirs);
         drop(pending.theirs);
         let device = VhostUserDevice::connect(name, ours, VIRTIO_ID_CONSOLE, CONSOLE_QUEUES)?;

@@ -227,6 +227,10 @@ fn plan_from_launch(launch: Launch, fds: Vec<OwnedFd>) -> Result<LaunchPlan, Lau
         memory,
         cpus,
         disks: Vec::new(),
+        sandbox: crate::config::DeviceSandbox {
+            user: launch.sandbox_user,
+            off: launch.sandbox_off,
+        },
     };
     Ok(LaunchPlan {
         record: launch.record,
@@ -362,6 +366,8 @@ mod tests {
             initrd: false,
             console: false,
             log_level: LogLevel::Info,
+            sandbox_user: None,
+            sandbox_off: false,
         })
     }
 

@@ -250,6 +250,10 @@ impl Vmd {
             initrd: initrd.is_some(),
             console: true,
             log_level: self.log_level(),
+            // As root, vmd gives the VM's device processes an identity of
+            // their own; otherwise they keep vmd's (its tests, as a user).
+            sandbox_user: is_root().then(|| super::sandbox::sandbox_user(id)),
+            sandbox_off: false,
         };
         let files = LaunchFiles {
             kvm,
@@ -585,4 +589,10 @@ fn random_u16() -> u16 {
         return std::process::id() as u16;
     }
     u16::from_ne_bytes(bytes)
+}
+
+/// Whether vmd runs as root.
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }

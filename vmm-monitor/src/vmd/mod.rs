@@ -15,6 +15,7 @@
 //! - [`console`]: attaching `vmctl console` to a VM's console.
 //! - [`server`]: the control socket.
 //! - [`adopt`]: taking back the VMs a previous vmd left running.
+//! - [`sandbox`]: the uid and gid of each VM's sandboxed processes.
 //!
 //! vmd is the only process that opens files by path; monitors get them as
 //! fds. Monitors run in their own sessions and survive vmd: a vmd killed
@@ -32,6 +33,7 @@ pub mod net;
 pub mod registry;
 pub mod requests;
 pub mod resources;
+pub mod sandbox;
 pub mod server;
 pub mod spec;
 

@@ -1,0 +1,217 @@
+//! Per-process sandbox profiles of vmd-rs and the code that applies them.
+//!
+//! A profile is data: `profiles/<name>.json`, a seccomp allowlist where
+//! every rule says why, composed from `common` (the Rust runtime, logging)
+//! and `vhost_user_backend` (serving a vhost-user connection), compiled to
+//! BPF by build.rs (a bad profile breaks the build). [`enter`] applies one
+//! to the calling process, in stages, each giving up more:
+//!
+//! 1. resource limits (open files, threads, no core dumps);
+//! 2. the capability bounding set, then the uid and gids (when started as
+//!    root and given an unprivileged uid), then every capability left;
+//! 3. no_new_privs;
+//! 4. a landlock domain that grants no path, no TCP port, no signal to a
+//!    process outside it;
+//! 5. the SIGSYS reporter, then the seccomp filters, on every thread.
+//!
+//! A call outside the profile traps: the reporter writes which profile,
+//! thread and call to the parent's report fd and ends the process with
+//! [`report::EXIT_SANDBOX_VIOLATION`]; the parent logs it by name.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`privileges`] | rlimits, uid/gid, capabilities, no_new_privs |
+//! | [`landlock_domain`] | the landlock domain that grants nothing |
+//! | [`report`] | the SIGSYS reporter, and reading a report in the parent |
+//! | [`selftest`] | the test-only trigger: try a call the profile refuses |
+//! | [`syscall_names`] | x86_64 system call names, for reports |
+//! | [`constants`] | the named argument values profiles may use |
+
+pub mod constants;
+pub mod landlock_domain;
+pub mod privileges;
+pub mod report;
+pub mod selftest;
+pub mod syscall_names;
+
+use std::os::fd::RawFd;
+
+pub use privileges::Limits;
+pub use report::{read_report, EXIT_SANDBOX_VIOLATION};
+
+mod generated {
+    /// One BPF instruction: (code, jt, jf, k).
+    pub type Instruction = (u16, u8, u8, u32);
+
+    /// A profile as build.rs compiled it.
+    #[derive(Debug)]
+    pub struct CompiledProfile {
+        /// The profile's file name, without `.json`.
+        pub name: &'static str,
+        /// The system calls it allows (some only with certain arguments).
+        pub allowed: &'static [&'static str],
+        /// The system calls that fail with an errno instead: (name, errno).
+        pub errno: &'static [(&'static str, u32)],
+        /// The BPF programs to install in this order: the errno filters,
+        /// then the allowlist (last: it traps the calls that install one).
+        pub programs: &'static [&'static [Instruction]],
+    }
+
+    include!(concat!(env!("OUT_DIR"), "/profiles.rs"));
+}
+
+pub use generated::CompiledProfile;
+
+/// The process roles that have a profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// dev-block.
+    DevBlock,
+    /// dev-net.
+    DevNet,
+    /// dev-console.
+    DevConsole,
+}
+
+impl Profile {
+    /// The profile's name: its file `profiles/<name>.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DevBlock => "dev_block",
+            Self::DevNet => "dev_net",
+            Self::DevConsole => "dev_console",
+        }
+    }
+
+    /// The compiled profile.
+    pub fn compiled(self) -> &'static CompiledProfile {
+        compiled(self.name()).unwrap_or_else(|| {
+            unreachable!(
+                "build.rs compiles every profile in profiles/, {} included",
+                self.name()
+            )
+        })
+    }
+}
+
+/// The compiled profile named `name`.
+pub fn compiled(name: &str) -> Option<&'static CompiledProfile> {
+    generated::PROFILES.iter().find(|p| p.name == name)
+}
+
+/// Every compiled profile.
+pub fn all() -> &'static [CompiledProfile] {
+    generated::PROFILES
+}
+
+/// How a process is sandboxed beyond its profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Resource limits.
+    pub limits: Limits,
+    /// The unprivileged uid and gid to become, when started as root.
+    pub user: Option<(u32, u32)>,
+    /// Where the SIGSYS reporter writes, besides stderr (the parent reads
+    /// it after reaping the process).
+    pub report_fd: Option<RawFd>,
+}
+
+/// Why the sandbox could not be entered (the process must not go on).
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Giving up a privilege failed.
+    #[error("profile {profile}: giving up privileges")]
+    Privileges {
+        /// The profile.
+        profile: &'static str,
+        /// What failed.
+        #[source]
+        source: privileges::PrivilegeError,
+    },
+    /// The landlock domain could not be entered.
+    #[error("profile {profile}: entering the landlock domain")]
+    Landlock {
+        /// The profile.
+        profile: &'static str,
+        /// What failed.
+        #[source]
+        source: landlock_domain::LandlockError,
+    },
+    /// The SIGSYS reporter could not be installed.
+    #[error("profile {profile}: installing the SIGSYS reporter")]
+    Reporter {
+        /// The profile.
+        profile: &'static str,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The kernel refused a seccomp filter.
+    #[error("profile {profile}: installing seccomp filter {index}")]
+    Seccomp {
+        /// The profile.
+        profile: &'static str,
+        /// Which of its programs.
+        index: usize,
+        /// What failed.
+        #[source]
+        source: seccompiler::Error,
+    },
+}
+
+/// Applies `profile` to the calling process (all its threads: call it
+/// before starting any but the logger's). On error the process must
+/// exit: it is partly sandboxed.
+pub fn enter(profile: Profile, options: &Options) -> Result<(), SandboxError> {
+    let name = profile.name();
+    let privileges = |source| SandboxError::Privileges {
+        profile: name,
+        source,
+    };
+    privileges::set_limits(options.limits).map_err(privileges)?;
+    privileges::drop_bounding_set().map_err(privileges)?;
+    if let Some((uid, gid)) = options.user {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            privileges::become_user(uid, gid).map_err(privileges)?;
+        }
+    }
+    privileges::drop_capabilities().map_err(privileges)?;
+    privileges::no_new_privs().map_err(privileges)?;
+    match landlock_domain::deny_everything() {
+        Ok(landlock_domain::Enforcement::Full) => {}
+        Ok(partial) => {
+            log::warn!("profile {name}: landlock enforcement is {partial:?} on this kernel")
+        }
+        Err(source) => {
+            return Err(SandboxError::Landlock {
+                profile: name,
+                source,
+            })
+        }
+    }
+    report::install(name, options.report_fd).map_err(|source| SandboxError::Reporter {
+        profile: name,
+        source,
+    })?;
+    install_filters(profile.compiled())
+}
+
+/// Installs a compiled profile's seccomp programs on every thread.
+fn install_filters(profile: &'static CompiledProfile) -> Result<(), SandboxError> {
+    for (index, program) in profile.programs.iter().enumerate() {
+        let bpf: seccompiler::BpfProgram = program
+            .iter()
+            .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
+            .collect();
+        seccompiler::apply_filter_all_threads(&bpf).map_err(|source| SandboxError::Seccomp {
+            profile: profile.name,
+            index,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

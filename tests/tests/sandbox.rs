@@ -1,0 +1,281 @@
+//! The device processes' sandbox, seen from outside.
+//!
+//! - Each device binary, started as the monitor starts it, made to try
+//!   (hidden `--sandbox-selftest`) what an attacker in it would: open
+//!   /etc/passwd (refused: ENOENT), run /bin/sh, make an AF_INET socket,
+//!   ask to be traced (each ends the process, exit 159, with a report on
+//!   the report fd naming the call — what the monitor logs).
+//! - The devices of a VM vmd runs: in /proc, seccomp filter mode,
+//!   no_new_privs, no capability, the VM's own unprivileged uid, and no
+//!   fd but those passed and those they made.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use vmd_tests::vmd::{assert_sandboxed, binary, children_named, Vmd};
+use vmd_tests::{kvm_or_skip, loud, Scratch};
+
+/// Exit status of a process its sandbox stopped (128 + SIGSYS).
+const EXIT_SANDBOX_VIOLATION: i32 = 159;
+/// dev-backend's self-test status for a call refused with an error.
+const SELFTEST_REFUSED: i32 = 3;
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into `fds`.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both were just created and are ours.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// A pty: (master, slave).
+fn pty() -> (OwnedFd, OwnedFd) {
+    // SAFETY: posix_openpt returns a new fd or -1.
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(master >= 0);
+    // SAFETY: `master` is a pty master we own.
+    assert_eq!(unsafe { libc::grantpt(master) }, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::unlockpt(master) }, 0);
+    let mut name = [0 as libc::c_char; 64];
+    // SAFETY: ptsname_r writes a NUL-terminated name into `name`.
+    let rc = unsafe { libc::ptsname_r(master, name.as_mut_ptr(), name.len()) };
+    assert_eq!(rc, 0);
+    // SAFETY: `name` is NUL-terminated.
+    let slave = unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    assert!(slave >= 0);
+    // SAFETY: both fds are ours.
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+/// Runs device `name` with `args`, `fds` at 3, 4, ... and a report pipe
+/// after them, trying `call`; its exit code and report line.
+fn selftest(
+    name: &str,
+    args: &[&str],
+    fds: Vec<OwnedFd>,
+    call: &str,
+) -> (Option<i32>, String, String) {
+    let (report_read, report_write) = pipe();
+    let report_at = 3 + fds.len() as RawFd;
+    let mut sources: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    sources.push(report_write.as_raw_fd());
+    let mut cmd = Command::new(binary(name));
+    cmd.args(args)
+        .args([
+            "--report-fd",
+            &report_at.to_string(),
+            "--sandbox-selftest",
+            call,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: dup2 and fcntl only, which are async-signal-safe; the
+    // sources are first moved above every target.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, &fd) in sources.iter().enumerate() {
+                if libc::dup2(fd, 100 + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..sources.len() {
+                if libc::dup2(100 + i as RawFd, 3 + i as RawFd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(fds);
+    drop(report_write);
+    let out = child.wait_with_output().unwrap();
+    let mut report = String::new();
+    let _ = std::fs::File::from(report_read).read_to_string(&mut report);
+    (
+        out.status.code(),
+        report.trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The args and fds each device is started with (after the socket at 3).
+fn device_setup(name: &str, scratch: &Scratch) -> (Vec<&'static str>, Vec<OwnedFd>, Vec<OwnedFd>) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut keep = vec![OwnedFd::from(ours)];
+    let mut fds = vec![OwnedFd::from(theirs)];
+    let args = match name {
+        "dev-net" => {
+            let (wire, tap) = UnixDatagram::pair().unwrap();
+            keep.push(OwnedFd::from(wire));
+            fds.push(OwnedFd::from(tap));
+            vec![
+                "--socket-fd",
+                "3",
+                "--tap-fd",
+                "4",
+                "--mac",
+                "fe:e1:bb:d1:23:45",
+            ]
+        }
+        "dev-block" => {
+            let path = scratch.path("disk.img");
+            let file = std::fs::File::create(&path).unwrap();
+            file.set_len(1 << 20).unwrap();
+            fds.push(OwnedFd::from(file));
+            vec!["--socket-fd", "3", "--disk-fd", "4", "--format", "raw"]
+        }
+        "dev-console" => {
+            let (master, slave) = pty();
+            let mut pair = [0; 2];
+            // SAFETY: socketpair writes two fds into `pair`.
+            let rc = unsafe {
+                libc::socketpair(
+                    libc::AF_UNIX,
+                    libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                    0,
+                    pair.as_mut_ptr(),
+                )
+            };
+            assert_eq!(rc, 0);
+            // SAFETY: both were just created and are ours.
+            let (a, b) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+            keep.push(a);
+            fds.extend([master, slave, b]);
+            vec![
+                "--socket-fd",
+                "3",
+                "--pty-fd",
+                "4",
+                "--pty-slave-fd",
+                "5",
+                "--com-fd",
+                "6",
+            ]
+        }
+        other => panic!("no setup for {other}"),
+    };
+    (args, fds, keep)
+}
+
+#[test]
+fn each_device_refuses_what_an_attacker_in_it_would_try_and_names_the_call() {
+    let scratch = Scratch::new("sandbox-selftest");
+    for device in ["dev-block", "dev-net", "dev-console"] {
+        for (call, nr) in [
+            ("openat", 257),
+            ("execve", 59),
+            ("socket", 41),
+            ("ptrace", 101),
+        ] {
+            let (args, fds, _keep) = device_setup(device, &scratch);
+            let (code, report, stderr) = selftest(device, &args, fds, call);
+            if call == "openat" {
+                // Refused with ENOENT: the process says so and exits.
+                assert_eq!(code, Some(SELFTEST_REFUSED), "{device} {call}: {stderr}");
+                assert!(
+                    stderr.contains("openat refused: No such file or directory"),
+                    "{device}: {stderr}"
+                );
+                assert!(report.is_empty(), "{device}: {report}");
+                continue;
+            }
+            assert_eq!(
+                code,
+                Some(EXIT_SANDBOX_VIOLATION),
+                "{device} {call}: report {report:?}, stderr {stderr}"
+            );
+            let profile = device.replace('-', "_");
+            assert!(
+                report.starts_with(&format!("sandbox: profile {profile}: thread "))
+                    && report.contains(&format!("made syscall {call} ({nr})")),
+                "{device} {call}: {report:?}"
+            );
+            assert!(
+                stderr.contains(&report),
+                "{device}: the line is logged too: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
+    if !kvm_or_skip("a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds") {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        loud("SKIPPED a_running_vms_devices...: vmd gives devices their own uid only as root");
+        return;
+    }
+    let scratch = Scratch::new("sandbox-proc");
+    let disk = scratch.path("d.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let config = format!(
+        "vm \"box\" {{\n boot \"{}\"\n memory 64M\n disk \"{}\"\n cmdline \"test=ticker ms=500\"\n}}\n",
+        vmd_tests::TEST_GUEST,
+        disk.display()
+    );
+    let dir = scratch.path("vmd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let vmd = Vmd::start(&dir, &config);
+    let row = vmd.wait_state("box", "running", Duration::from_secs(30));
+    let monitor: u32 = row.pid.parse().expect("the monitor's pid");
+    let mut seen = Vec::new();
+    for device in ["dev-block", "dev-console"] {
+        let mut pids = Vec::new();
+        for _ in 0..100 {
+            pids = children_named(monitor, device);
+            if !pids.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(pids.len(), 1, "{device} under monitor {monitor}");
+        let pid = pids[0];
+        // Sandboxed before it serves: wait for the vhost-user set-up.
+        std::thread::sleep(Duration::from_millis(200));
+        seen.push(assert_sandboxed(pid, device));
+        // Every fd past stdio (the log stream it inherits): what was passed
+        // and what it made itself (eventfds, epoll sets, sockets, the
+        // inflight memfd); no path but the disk image.
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+            let entry = entry.unwrap();
+            let fd: u32 = entry.file_name().to_string_lossy().parse().unwrap();
+            if fd <= 2 {
+                continue;
+            }
+            let target = std::fs::read_link(entry.path()).unwrap_or_default();
+            let t = target.to_string_lossy();
+            let expected = t.starts_with("anon_inode:")
+                || t.starts_with("socket:")
+                || t.starts_with("pipe:")
+                || t.starts_with("/memfd:")
+                || t.starts_with("/dev/pts/")
+                || t == "/dev/null"
+                || (device == "dev-console" && t == "/dev/ptmx")
+                || (device == "dev-block" && target == disk);
+            assert!(expected, "{device} holds {t}");
+        }
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "one uid per VM: {seen:?}"
+    );
+    vmd.vmctl(&["stop", "-f", "-w", "box"]).ok();
+}
