@@ -233,3 +233,57 @@ fn opening_a_path_fails_with_enoent_and_executable_memory_is_refused() {
     assert_eq!(code, Some(EXIT_SANDBOX_VIOLATION), "{report}");
     assert!(report.contains("made syscall mmap (9)"), "{report}");
 }
+
+/// docs/security.md lists each profile's calls with their reasons and the
+/// counts: it must say what the profiles say.
+#[test]
+fn docs_security_md_matches_the_profiles() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md");
+    let doc = std::fs::read_to_string(path).expect("docs/security.md");
+    let section = |name: &str| -> String {
+        let head = format!("### `{name}`");
+        let start = doc
+            .find(&head)
+            .unwrap_or_else(|| panic!("no section for {name}"));
+        let rest = &doc[start + head.len()..];
+        let end = rest.find("\n#").unwrap_or(rest.len());
+        rest[..end].to_string()
+    };
+    let rows = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| {
+                l.strip_prefix("| `")?
+                    .split_once('`')
+                    .map(|(c, _)| c.to_string())
+            })
+            .collect()
+    };
+    for p in all() {
+        let own = rows(&section(p.name));
+        for call in &own {
+            let known =
+                p.allowed.contains(&call.as_str()) || p.errno.iter().any(|(c, _)| c == call);
+            assert!(
+                known,
+                "docs/security.md lists {call} under {} but the profile has it not",
+                p.name
+            );
+        }
+        let everywhere = rows(&doc);
+        for call in p.allowed.iter().chain(p.errno.iter().map(|(c, _)| c)) {
+            assert!(
+                everywhere.iter().any(|c| c == call),
+                "{}: {call} is not in docs/security.md",
+                p.name
+            );
+        }
+    }
+    for leaf in [Profile::DevBlock, Profile::DevNet, Profile::DevConsole] {
+        let p = leaf.compiled();
+        let row = format!("| {} | {} | {} ", p.name, p.allowed.len(), p.errno.len());
+        assert!(
+            doc.contains(&row),
+            "docs/security.md: the counts row should start {row:?}"
+        );
+    }
+}
