@@ -476,22 +476,20 @@ mod tests {
 
     #[test]
     fn names_match_libc_numbers() {
-        assert_eq!(number("read"), Some(libc::SYS_read));
-        assert_eq!(name(libc::SYS_read), Some("read"));
-        assert_eq!(number("openat"), Some(libc::SYS_openat));
-        assert_eq!(name(libc::SYS_openat), Some("openat"));
-        assert_eq!(number("execve"), Some(libc::SYS_execve));
-        assert_eq!(name(libc::SYS_execve), Some("execve"));
-        assert_eq!(number("ptrace"), Some(libc::SYS_ptrace));
-        assert_eq!(name(libc::SYS_ptrace), Some("ptrace"));
-        assert_eq!(number("socket"), Some(libc::SYS_socket));
-        assert_eq!(name(libc::SYS_socket), Some("socket"));
-        assert_eq!(number("clone3"), Some(libc::SYS_clone3));
-        assert_eq!(name(libc::SYS_clone3), Some("clone3"));
-        assert_eq!(number("io_uring_setup"), Some(libc::SYS_io_uring_setup));
-        assert_eq!(name(libc::SYS_io_uring_setup), Some("io_uring_setup"));
-        assert_eq!(number("memfd_create"), Some(libc::SYS_memfd_create));
-        assert_eq!(name(libc::SYS_memfd_create), Some("memfd_create"));
+        let known = [
+            ("read", libc::SYS_read),
+            ("openat", libc::SYS_openat),
+            ("execve", libc::SYS_execve),
+            ("ptrace", libc::SYS_ptrace),
+            ("socket", libc::SYS_socket),
+            ("clone3", libc::SYS_clone3),
+            ("io_uring_setup", libc::SYS_io_uring_setup),
+            ("memfd_create", libc::SYS_memfd_create),
+        ];
+        for (n, nr) in known {
+            assert_eq!(number(n), Some(nr), "{n}");
+            assert_eq!(name(nr), Some(n), "{nr}");
+        }
         assert_eq!(name(-1), None);
         assert_eq!(name(100_000), None);
     }
