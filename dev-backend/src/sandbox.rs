@@ -32,6 +32,10 @@ pub struct SandboxArgs {
     /// Serve without the sandbox (debugging only).
     #[arg(long)]
     pub no_sandbox: bool,
+    /// Started in namespaces of its own (by the monitor): build an empty
+    /// root before the rest of the sandbox.
+    #[arg(long)]
+    pub sandbox_namespaces: bool,
     /// Test only: once sandboxed, try CALL (openat, execve, socket,
     /// ptrace) and exit 3 if it was refused, 4 if it went through.
     #[arg(long, hide = true, value_name = "CALL")]
@@ -95,6 +99,7 @@ impl SandboxArgs {
             },
             user: self.sandbox_user,
             report_fd: self.report_fd,
+            namespaces: self.sandbox_namespaces,
         };
         sandbox_profiles::enter(profile, &options)?;
         log::info!("sandboxed: profile {}", profile.name());

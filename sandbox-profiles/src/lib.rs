@@ -6,6 +6,8 @@
 //! BPF by build.rs (a bad profile breaks the build). [`enter`] applies one
 //! to the calling process, in stages, each giving up more:
 //!
+//! 0. in namespaces of its own (the monitor starts it so): an empty,
+//!    read-only root;
 //! 1. resource limits (open files, threads, no core dumps);
 //! 2. the capability bounding set, then the uid and gids (when started as
 //!    root and given an unprivileged uid), then every capability left;
@@ -22,6 +24,7 @@
 //! | --- | --- |
 //! | [`privileges`] | rlimits, uid/gid, capabilities, no_new_privs |
 //! | [`landlock_domain`] | the landlock domain that grants nothing |
+//! | [`mount_ns`] | the empty, read-only root of a process in its own mount namespace |
 //! | [`report`] | the SIGSYS reporter, and reading a report in the parent |
 //! | [`selftest`] | the test-only trigger: try a call the profile refuses |
 //! | [`syscall_names`] | x86_64 system call names, for reports |
@@ -29,6 +32,7 @@
 
 pub mod constants;
 pub mod landlock_domain;
+pub mod mount_ns;
 pub mod privileges;
 pub mod report;
 pub mod selftest;
@@ -114,6 +118,10 @@ pub struct Options {
     /// Where the SIGSYS reporter writes, besides stderr (the parent reads
     /// it after reaping the process).
     pub report_fd: Option<RawFd>,
+    /// The process was started in namespaces of its own (user, mount, pid,
+    /// ipc, uts, network), as its user namespace's root: it builds its
+    /// empty root, and its uid outside is already the unprivileged one.
+    pub namespaces: bool,
 }
 
 /// Why the sandbox could not be entered (the process must not go on).
@@ -127,6 +135,15 @@ pub enum SandboxError {
         /// What failed.
         #[source]
         source: privileges::PrivilegeError,
+    },
+    /// The empty root could not be entered.
+    #[error("profile {profile}: entering an empty root")]
+    EmptyRoot {
+        /// The profile.
+        profile: &'static str,
+        /// What failed.
+        #[source]
+        source: mount_ns::MountError,
     },
     /// The landlock domain could not be entered.
     #[error("profile {profile}: entering the landlock domain")]
@@ -168,9 +185,15 @@ pub fn enter(profile: Profile, options: &Options) -> Result<(), SandboxError> {
         profile: name,
         source,
     };
+    if options.namespaces {
+        mount_ns::enter_empty_root().map_err(|source| SandboxError::EmptyRoot {
+            profile: name,
+            source,
+        })?;
+    }
     privileges::set_limits(options.limits).map_err(privileges)?;
     privileges::drop_bounding_set().map_err(privileges)?;
-    if let Some((uid, gid)) = options.user {
+    if let (Some((uid, gid)), false) = (options.user, options.namespaces) {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             privileges::become_user(uid, gid).map_err(privileges)?;

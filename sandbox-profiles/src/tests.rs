@@ -135,6 +135,7 @@ fn child_role() {
         },
         user: None,
         report_fd: (report_fd >= 0).then_some(report_fd),
+        namespaces: false,
     };
     enter(Profile::DevNet, &options).expect("entering the sandbox");
     let path = c"/etc/passwd";

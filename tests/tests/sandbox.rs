@@ -6,8 +6,10 @@
 //!   ask to be traced (each ends the process, exit 159, with a report on
 //!   the report fd naming the call — what the monitor logs).
 //! - The devices of a VM vmd runs: in /proc, seccomp filter mode,
-//!   no_new_privs, no capability, the VM's own unprivileged uid, and no
-//!   fd but those passed and those they made.
+//!   no_new_privs, no capability, the VM's own unprivileged uid, user,
+//!   mount, pid, ipc, uts and network namespaces of their own (pid 1 in
+//!   theirs), a mount namespace holding only an empty read-only root, and
+//!   no fd but those passed and those they made.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -251,6 +253,28 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
         // Sandboxed before it serves: wait for the vhost-user set-up.
         std::thread::sleep(Duration::from_millis(200));
         seen.push(assert_sandboxed(pid, device));
+        // Namespaces of its own, in which it is pid 1, and a mount
+        // namespace that holds only its empty, read-only root.
+        for ns in ["user", "mnt", "pid", "ipc", "uts", "net"] {
+            let link = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).unwrap();
+            assert_ne!(
+                link(pid),
+                link(monitor),
+                "{device}: the monitor's {ns} namespace"
+            );
+        }
+        let nspid = vmd_tests::vmd::status_field(pid, "NSpid");
+        assert_eq!(nspid, format!("{pid}\t1"), "{device}: NSpid");
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let lines: Vec<&str> = mounts.lines().collect();
+        assert_eq!(lines.len(), 1, "{device}: mounts {mounts}");
+        let fields: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(fields[4], "/", "{device}: {mounts}");
+        assert!(
+            fields[5].split(',').any(|o| o == "ro"),
+            "{device}: {mounts}"
+        );
+        assert!(lines[0].contains(" - tmpfs "), "{device}: {mounts}");
         // Every fd past stdio (the log stream it inherits): what was passed
         // and what it made itself (eventfds, epoll sets, sockets, the
         // inflight memfd); no path but the disk image.

@@ -20,7 +20,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::DeviceSandbox;
@@ -78,7 +78,8 @@ pub fn sibling_binary(binary: &'static str) -> Result<PathBuf, DeviceProcessErro
 pub struct DeviceProcess {
     name: String,
     pid: u32,
-    child: Arc<Mutex<Option<Child>>>,
+    /// The pid while the process is not reaped (then it is ours to signal).
+    child: Arc<Mutex<Option<libc::pid_t>>>,
 }
 
 impl DeviceProcess {
@@ -92,7 +93,7 @@ impl DeviceProcess {
         fds: &[BorrowedFd<'_>],
         events: VmEvents,
     ) -> Result<Self, DeviceProcessError> {
-        Self::start(name, program, args.to_vec(), fds, events, None)
+        Self::start(name, program, args.to_vec(), fds, events, None, None)
     }
 
     /// [`spawn`](Self::spawn) for a device binary, sandboxed as `sandbox`
@@ -121,36 +122,62 @@ impl DeviceProcess {
         }
         args.push("--report-fd".into());
         args.push((FIRST_PASSED_FD + fds.len() as RawFd).to_string());
-        Self::start(name, program, args, &all, events, Some(read_end))
+        let namespaced = match sandbox.user {
+            Some(ids) if !sandbox.off && crate::device_spawn::available() => {
+                args.push("--sandbox-namespaces".into());
+                Some(ids)
+            }
+            _ => None,
+        };
+        Self::start(
+            name,
+            program,
+            args,
+            &all,
+            events,
+            Some(read_end),
+            namespaced,
+        )
     }
 
+    /// Starts the process: plainly, or in namespaces of its own as
+    /// `namespaced` (uid, gid) outside them.
     fn start(
         name: &str,
         program: &Path,
-        args: Vec<String>,
+        mut args: Vec<String>,
         fds: &[BorrowedFd<'_>],
         events: VmEvents,
         report: Option<OwnedFd>,
+        namespaced: Option<(u32, u32)>,
     ) -> Result<Self, DeviceProcessError> {
         let sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-        let mut command = Command::new(program);
         // The monitor's own level, so that the device's first lines (what
         // it serves, with which options) are logged as the monitor's are.
-        command.args(&args).args(verbosity_args(log::max_level()));
-        // SAFETY: the closure runs in the forked child before exec and only
-        // calls async-signal-safe functions (dup, dup2, fcntl, close) on fds
-        // the parent keeps open for the duration of spawn().
-        unsafe {
-            command.pre_exec(move || place_fds(&sources));
-        }
-        let child = command
-            .spawn()
-            .map_err(|source| DeviceProcessError::Spawn {
-                name: name.to_string(),
-                source,
-            })?;
-        let pid = child.id();
-        let child = Arc::new(Mutex::new(Some(child)));
+        args.extend(verbosity_args(log::max_level()));
+        let spawn_err = |source| DeviceProcessError::Spawn {
+            name: name.to_string(),
+            source,
+        };
+        let pid = match namespaced {
+            Some((uid, gid)) => {
+                crate::device_spawn::spawn(program, &args, &sources, uid, gid).map_err(spawn_err)?
+            }
+            None => {
+                let mut command = Command::new(program);
+                command.args(&args);
+                // SAFETY: the closure runs in the forked child before exec
+                // and only calls async-signal-safe functions (dup, dup2,
+                // fcntl, close) on fds the parent keeps open for the
+                // duration of spawn().
+                unsafe {
+                    command.pre_exec(move || place_fds(&sources));
+                }
+                // The waiter reaps it by pid; the Child handle is not needed.
+                command.spawn().map_err(spawn_err)?.id() as libc::pid_t
+            }
+        };
+        let child = Arc::new(Mutex::new(Some(pid)));
         let waiter_child = child.clone();
         let waiter_name = name.to_string();
         let spawned = std::thread::Builder::new()
@@ -163,10 +190,15 @@ impl DeviceProcess {
                 source,
             });
         }
-        log::info!("{name}: started {} as pid {pid}", program.display());
+        let how = if namespaced.is_some() {
+            " in its own namespaces"
+        } else {
+            ""
+        };
+        log::info!("{name}: started {} as pid {pid}{how}", program.display());
         Ok(Self {
             name: name.to_string(),
-            pid,
+            pid: pid as u32,
             child,
         })
     }
@@ -196,7 +228,7 @@ impl DeviceProcess {
 #[derive(Clone, Debug)]
 pub struct LevelHandle {
     name: String,
-    child: Weak<Mutex<Option<Child>>>,
+    child: Weak<Mutex<Option<libc::pid_t>>>,
 }
 
 impl LevelHandle {
@@ -214,7 +246,7 @@ impl LevelHandle {
         };
         let guard = child.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
-            Some(child) => ipc::logger::send_level(child.id(), level).map(|()| true),
+            Some(pid) => ipc::logger::send_level(*pid as u32, level).map(|()| true),
             None => Ok(false),
         }
     }
@@ -244,10 +276,11 @@ impl Drop for DeviceProcess {
 }
 
 /// Kills the child if the waiter has not reaped it yet.
-fn kill(child: &Mutex<Option<Child>>) {
-    if let Some(child) = child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-        // The process may have exited already: then there is nothing to kill.
-        let _ = child.kill();
+fn kill(child: &Mutex<Option<libc::pid_t>>) {
+    if let Some(pid) = *child.lock().unwrap_or_else(|p| p.into_inner()) {
+        // SAFETY: kill(2) on our own unreaped child (its pid cannot have
+        // been reused while it is a zombie at worst).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
@@ -264,18 +297,42 @@ fn report_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// Reaps the child and reports its death (with its sandbox's report, if
 /// it wrote one).
-fn wait_for(name: &str, child: &Mutex<Option<Child>>, events: &VmEvents, report: Option<OwnedFd>) {
-    let pid = match child.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        Some(c) => c.id() as libc::pid_t,
+fn wait_for(
+    name: &str,
+    child: &Mutex<Option<libc::pid_t>>,
+    events: &VmEvents,
+    report: Option<OwnedFd>,
+) {
+    let pid = match *child.lock().unwrap_or_else(|p| p.into_inner()) {
+        Some(pid) => pid,
         None => return,
     };
+    // Wait for the end without reaping (so the pid stays ours), then take
+    // it out and reap it under the lock, so that kill() never signals a
+    // pid the kernel may have given to another process.
+    // SAFETY: siginfo_t is plain data that waitid fills.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waitid on our own child with a valid siginfo pointer.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
     let mut status = 0;
-    // Wait without holding the lock (so that kill() can run meanwhile); the
-    // Child is then reaped here, and taken out so nobody signals a reused pid.
-    // SAFETY: waitpid on our own child with a valid status pointer.
-    let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
-    let taken = child.lock().unwrap_or_else(|p| p.into_inner()).take();
-    drop(taken);
+    let ret = {
+        let mut guard = child.lock().unwrap_or_else(|p| p.into_inner());
+        guard.take();
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) }
+    };
     if ret < 0 {
         log::warn!(
             "{name}: cannot wait for pid {pid}: {}",

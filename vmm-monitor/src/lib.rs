@@ -37,6 +37,7 @@ pub mod config;
 pub mod control;
 pub mod cpuid;
 pub mod device_proc;
+pub mod device_spawn;
 pub mod devices;
 pub mod disks;
 pub mod exit;

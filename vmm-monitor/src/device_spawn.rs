@@ -1,0 +1,308 @@
+//! Starting a device process in namespaces of its own: new user, mount,
+//! pid, ipc, uts and network namespaces (`clone3`), its user namespace's
+//! root mapped to the VM's unprivileged uid and gid, so that outside it
+//! is that uid and nothing more, and inside it may set up its empty root
+//! (`sandbox_profiles::mount_ns`) before it drops every capability.
+//!
+//! Between `clone3` and `execve` the child runs raw system calls only:
+//! it is a copy of one thread of a multi-threaded process, so glibc's
+//! locks and its set-id broadcast to other threads must not be used.
+//! Everything it needs (paths, argv, envp) is prepared before the clone.
+//!
+//! # Invariants
+//! - The child waits for the parent to write its uid and gid maps before
+//!   it takes root in its user namespace (which is the VM's uid outside)
+//!   and execs; it never runs the device as the monitor's own uid.
+//! - An exec that fails is reported through a close-on-exec pipe (the
+//!   errno), and the child exits 127; a successful exec closes the pipe.
+
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Most fds a device gets passed (3 and up).
+pub const MAX_PASSED_FDS: usize = 32;
+/// Namespaces a sandboxed device starts in.
+const NAMESPACES: u64 = (libc::CLONE_NEWUSER
+    | libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWNET) as u64;
+
+/// `struct clone_args`, the first version (64 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in an argument"))
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both were just created and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// What the child needs, prepared before the clone.
+struct Prepared {
+    program: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    sources: [RawFd; MAX_PASSED_FDS],
+    count: usize,
+    /// First fd number above every source: where they are moved first.
+    high: RawFd,
+}
+
+/// Starts `program args...` with `fds` at 3, 4, ... in new namespaces,
+/// as `uid`:`gid` outside them; returns its pid (in the monitor's pid
+/// namespace). The monitor must run as root (it writes the id maps).
+pub fn spawn(
+    program: &Path,
+    args: &[String],
+    fds: &[RawFd],
+    uid: u32,
+    gid: u32,
+) -> io::Result<libc::pid_t> {
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds for a device",
+        ));
+    }
+    let mut argv = vec![cstring(program.as_os_str().as_bytes())?];
+    for a in args {
+        argv.push(cstring(a.as_bytes())?);
+    }
+    let envp = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            cstring(&kv)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut sources = [-1; MAX_PASSED_FDS];
+    sources[..fds.len()].copy_from_slice(fds);
+    let prepared = Prepared {
+        program: cstring(program.as_os_str().as_bytes())?,
+        argv,
+        envp,
+        sources,
+        count: fds.len(),
+        high: fds.iter().copied().max().unwrap_or(2).max(2) + 1,
+    };
+    let argv_ptrs: Vec<*const libc::c_char> = prepared
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let envp_ptrs: Vec<*const libc::c_char> = prepared
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    let (go_read, go_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
+    let mut args = CloneArgs {
+        flags: NAMESPACES,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with a valid, initialised clone_args of the first
+    // version's size and no stack (fork semantics); the child only runs
+    // child_main, which never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        child_main(
+            &prepared,
+            &argv_ptrs,
+            &envp_ptrs,
+            go_read.as_raw_fd(),
+            go_write.as_raw_fd(),
+            err_write.as_raw_fd(),
+        );
+    }
+    let pid = pid as libc::pid_t;
+    drop(go_read);
+    drop(err_write);
+    let mapped = write_maps(pid, uid, gid);
+    // Let the child go on even if a map failed: it then cannot become the
+    // VM's uid (setresuid fails), reports that and exits.
+    let mut go = std::fs::File::from(go_write);
+    let _ = go.write_all(&[u8::from(mapped.is_ok())]);
+    drop(go);
+    let mut errno = [0u8; 4];
+    let mut err = std::fs::File::from(err_read);
+    let exec_failed = err
+        .read(&mut errno)
+        .map(|n| n == errno.len())
+        .unwrap_or(false);
+    if let Err(e) = mapped {
+        reap(pid);
+        return Err(e);
+    }
+    if exec_failed {
+        reap(pid);
+        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+    }
+    Ok(pid)
+}
+
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with a valid status pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+/// Maps root of `pid`'s user namespace to `uid`:`gid` (one id each).
+fn write_maps(pid: libc::pid_t, uid: u32, gid: u32) -> io::Result<()> {
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(|e| io::Error::new(e.kind(), format!("/proc/{pid}/{file}: {e}")))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("0 {uid} 1"))?;
+    write("gid_map", format!("0 {gid} 1"))
+}
+
+/// Raw `syscall`, for the child.
+macro_rules! sys {
+    ($($arg:expr),+ $(,)?) => {
+        // SAFETY: a raw system call with plain or valid pointer arguments;
+        // see each call site.
+        unsafe { libc::syscall($($arg),+) }
+    };
+}
+
+/// In the child, after clone3: waits for the id maps, becomes root of its
+/// user namespace, places the fds, resets the signal mask and execs.
+/// Never returns.
+fn child_main(
+    prepared: &Prepared,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    go_read: RawFd,
+    go_write: RawFd,
+    err_write: RawFd,
+) -> ! {
+    // Above the fds about to be placed, so that placing them cannot close
+    // it (close-on-exec, like the original).
+    let err_fd = sys!(
+        libc::SYS_fcntl,
+        err_write,
+        libc::F_DUPFD_CLOEXEC,
+        prepared.high + MAX_PASSED_FDS as RawFd
+    );
+    let err_fd = if err_fd < 0 {
+        err_write
+    } else {
+        err_fd as RawFd
+    };
+    let fail = |errno: i64| -> ! {
+        let bytes = (errno as i32).to_ne_bytes();
+        // Pointer to a live stack array of 4 bytes.
+        sys!(libc::SYS_write, err_fd, bytes.as_ptr(), bytes.len());
+        sys!(libc::SYS_exit_group, 127);
+        unreachable!("exit_group returned")
+    };
+    let errno = || -> i64 {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+            .into()
+    };
+    sys!(libc::SYS_close, go_write);
+    let mut go = [0u8; 1];
+    // Pointer to a live 1-byte stack array.
+    if sys!(libc::SYS_read, go_read, go.as_mut_ptr(), 1) != 1 || go[0] != 1 {
+        fail(libc::EPERM.into());
+    }
+    sys!(libc::SYS_close, go_read);
+    if sys!(libc::SYS_setresgid, 0, 0, 0) != 0 || sys!(libc::SYS_setresuid, 0, 0, 0) != 0 {
+        fail(errno());
+    }
+    // The sources go above the target range first, then down to 3, 4, ...
+    let count = prepared.count;
+    for i in 0..count {
+        if sys!(
+            libc::SYS_dup2,
+            prepared.sources[i],
+            prepared.high + i as RawFd
+        ) < 0
+        {
+            fail(errno());
+        }
+    }
+    for i in 0..count {
+        let high = prepared.high + i as RawFd;
+        if sys!(libc::SYS_dup2, high, (3 + i) as RawFd) < 0 {
+            fail(errno());
+        }
+        sys!(libc::SYS_close, high);
+    }
+    // Nothing else of the monitor's crosses the exec.
+    if sys!(
+        libc::SYS_close_range,
+        (3 + count) as u32,
+        u32::MAX,
+        libc::CLOSE_RANGE_CLOEXEC
+    ) != 0
+    {
+        fail(errno());
+    }
+    // An empty mask: the monitor's threads block signals the device must get.
+    let empty: u64 = 0;
+    // Pointer to a live 8-byte sigset.
+    sys!(
+        libc::SYS_rt_sigprocmask,
+        libc::SIG_SETMASK,
+        &empty as *const u64,
+        0usize,
+        8usize
+    );
+    // Pointers to NUL-terminated strings and NULL-terminated arrays that
+    // live until the exec.
+    sys!(
+        libc::SYS_execve,
+        prepared.program.as_ptr(),
+        argv.as_ptr(),
+        envp.as_ptr()
+    );
+    fail(errno())
+}
+
+/// Whether this process may start devices in namespaces (it is root).
+pub fn available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
