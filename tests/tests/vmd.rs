@@ -281,6 +281,53 @@ fn owners_may_control_their_vms_and_strangers_only_read_status() {
 }
 
 #[test]
+fn sandbox_no_only_root_may_start_and_its_devices_run_unsandboxed() {
+    let test = "sandbox_no_only_root_may_start_and_its_devices_run_unsandboxed";
+    if !kvm_or_skip(test) || !root_or_skip(test) {
+        return;
+    }
+    let _one = serial();
+    let dir = Scratch::new("vmd-nosandbox");
+    // Let uid 65534 reach the scratch directory and the socket.
+    std::fs::set_permissions(
+        dir.path(""),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let config =
+        "socket owner :65534\n".to_string() + &ticker("debug", "  owner 65534\n  sandbox no\n");
+    let vmd = Vmd::start(dir.path("").as_path(), &config);
+    // The owner may not: only root starts a VM with unsandboxed devices.
+    vmd.vmctl_as(65534, 65534, &["start", "debug"])
+        .fails_with("vm 'debug': its devices run unsandboxed (sandbox no): only root may start it");
+    assert_eq!(vmd.row("debug").state, "stopped");
+    assert!(!vmd.log().contains("UNSANDBOXED"), "{}", vmd.log());
+    vmd.vmctl(&["start", "debug"]).ok();
+    let conf_line = format!("sandbox no in {}:8), as root asked", vmd.conf().display());
+    vmd.wait_log(
+        "vm 'debug': starting with its devices UNSANDBOXED (",
+        1,
+        SLOW,
+    );
+    assert!(vmd.log().contains(&conf_line), "{}", vmd.log());
+    let monitor: u32 = vmd.row("debug").pid.parse().expect("the monitor's pid");
+    let mut consoles = Vec::new();
+    for _ in 0..100 {
+        consoles = vmd_tests::vmd::children_named(monitor, "dev-console");
+        if !consoles.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(consoles.len(), 1, "dev-console under monitor {monitor}");
+    // Past the point where a sandboxed device would have entered its sandbox.
+    std::thread::sleep(Duration::from_millis(200));
+    let seccomp = vmd_tests::vmd::status_field(consoles[0], "Seccomp");
+    assert_eq!(seccomp, "0", "dev-console runs without seccomp");
+    vmd.vmctl(&["stop", "-w", "debug"]).ok();
+}
+
+#[test]
 fn vmd_killed_with_sigkill_and_started_again_readopts_running_vms() {
     if !kvm_or_skip("vmd_killed_with_sigkill_and_started_again_readopts_running_vms") {
         return;

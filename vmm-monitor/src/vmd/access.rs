@@ -3,7 +3,9 @@
 //!
 //! Rules (vmd's): root may do anything; a VM's owner — its user, or any
 //! member of its group — may start, stop, pause, unpause and attach to
-//! that VM; everyone who can reach the socket may read the status.
+//! that VM; everyone who can reach the socket may read the status. A VM
+//! whose devices run unsandboxed (vm.conf's `sandbox no`) only root may
+//! start, its owner included; vmd starting VMs itself counts as root.
 
 use std::os::unix::net::UnixStream;
 
@@ -154,6 +156,57 @@ fn supplementary_groups(status: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// Who asks for a VM to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Starter {
+    /// vmd itself (its enabled VMs, at startup and after `load`, `reload`
+    /// or `reset`): root, as vmd is, and as the configuration asked.
+    Vmd,
+    /// A `vmctl start` from the user `uid`.
+    User(u32),
+}
+
+impl Starter {
+    /// Whether this counts as root asking.
+    pub fn is_root(self) -> bool {
+        match self {
+            Starter::Vmd => true,
+            Starter::User(uid) => uid == 0,
+        }
+    }
+
+    /// Who asked, for the log: `as root asked`, `as vmd starts it itself`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Starter::Vmd => "as vmd starts it itself (enable)",
+            Starter::User(_) => "as root asked",
+        }
+    }
+}
+
+/// A start, by someone other than root, of a VM whose devices run
+/// unsandboxed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("vm '{vm}': its devices run unsandboxed (sandbox no): only root may start it")]
+pub struct UnsandboxedStart {
+    /// The VM.
+    pub vm: String,
+}
+
+/// Whether `by` may start VM `vm`, whose devices run unsandboxed when
+/// `unsandboxed` (where vm.conf says `sandbox no`) is set: anyone who may
+/// control it may start a sandboxed VM, only root an unsandboxed one.
+pub fn check_unsandboxed_start(
+    vm: &str,
+    unsandboxed: Option<&str>,
+    by: Starter,
+) -> Result<(), UnsandboxedStart> {
+    if unsandboxed.is_some() && !by.is_root() {
+        return Err(UnsandboxedStart { vm: vm.into() });
+    }
+    Ok(())
+}
+
 /// The gid a user name or id stands for, for `socket owner`.
 pub fn socket_owner_ids(owner: &Owner) -> Result<(Option<Uid>, Option<Gid>), OwnerError> {
     let resolved = resolve(owner)?;
@@ -212,6 +265,20 @@ mod tests {
             resolve(&o(None, Some("no-such-group-xyz"))),
             Err(OwnerError::NoGroup("no-such-group-xyz".into()))
         );
+    }
+
+    #[test]
+    fn only_root_or_vmd_starts_an_unsandboxed_vm() {
+        let at = Some("/etc/vm.conf:12");
+        assert_eq!(
+            check_unsandboxed_start("web", at, Starter::User(1000))
+                .unwrap_err()
+                .to_string(),
+            "vm 'web': its devices run unsandboxed (sandbox no): only root may start it"
+        );
+        assert!(check_unsandboxed_start("web", at, Starter::User(0)).is_ok());
+        assert!(check_unsandboxed_start("web", at, Starter::Vmd).is_ok());
+        assert!(check_unsandboxed_start("web", None, Starter::User(1000)).is_ok());
     }
 
     #[test]

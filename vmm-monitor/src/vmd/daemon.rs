@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use ipc::control::{ErrorKind, VmState};
 use ipc::monitor::{Launch, LogLevel, VmRecord};
 
+use super::access::{check_unsandboxed_start, Starter};
 use super::conf::{Config, Globals, SwitchConf};
 use super::link::{spawn_monitor, LaunchFiles, MonitorEvent};
 use super::registry::{is_live, Registry};
@@ -127,10 +128,14 @@ impl Vmd {
         self.settings.run_dir.join(format!("vm{id}.sock"))
     }
 
-    /// Starts VM `id`, which must be stopped (or waiting); returns once it
-    /// runs. On failure nothing stays open and the VM is as before (a VM
-    /// that only `vmctl start` described is removed).
-    pub fn start_vm(&self, id: u32) -> Result<(String, Option<String>), Refusal> {
+    /// Starts VM `id`, which must be stopped (or waiting), as `by` asks;
+    /// returns once it runs. On failure nothing stays open and the VM is
+    /// as before (a VM that only `vmctl start` described is removed).
+    ///
+    /// A VM whose devices run unsandboxed (`sandbox no`) starts only when
+    /// root asks (vmd itself counts), and with a warning in the log every
+    /// time.
+    pub fn start_vm(&self, id: u32, by: Starter) -> Result<(String, Option<String>), Refusal> {
         let spec = {
             let mut state = self.lock();
             let vm = state
@@ -154,6 +159,16 @@ impl Vmd {
             }
             if let Some(why) = vm.spec.unstartable() {
                 return Err(Refusal::new(ErrorKind::Invalid, why));
+            }
+            let unsandboxed = vm.spec.unsandboxed();
+            check_unsandboxed_start(&vm.spec.name, unsandboxed.as_deref(), by)
+                .map_err(|e| Refusal::new(ErrorKind::PermissionDenied, e.to_string()))?;
+            if let Some(at) = &unsandboxed {
+                log::warn!(
+                    "vm '{}': starting with its devices UNSANDBOXED (sandbox no in {at}), {}",
+                    vm.spec.name,
+                    by.describe()
+                );
             }
             vm.state = VmState::Starting;
             vm.spec.clone()
@@ -253,7 +268,8 @@ impl Vmd {
             // As root, vmd gives the VM's device processes an identity of
             // their own; otherwise they keep vmd's (its tests, as a user).
             sandbox_user: is_root().then(|| super::sandbox::sandbox_user(id)),
-            sandbox_off: false,
+            // `sandbox no`: start_vm checked root asked, and logged it.
+            sandbox_off: spec.unsandboxed().is_some(),
         };
         let files = LaunchFiles {
             kvm,
@@ -508,7 +524,7 @@ impl Vmd {
                             .get(id)
                             .is_some_and(|v| v.state == VmState::Waiting);
                         if waiting {
-                            if let Err(e) = vmd.start_vm(id) {
+                            if let Err(e) = vmd.start_vm(id, Starter::Vmd) {
                                 log::warn!("vm {id}: {}", e.message);
                             }
                         }

@@ -2,8 +2,9 @@
 //!
 //! Every request is checked against the peer first (see `access`): status
 //! and wait are open to anyone who reached the socket; start, stop, pause
-//! and unpause need root or the VM's owner; load, reload, reset and log
-//! need root. A refused request changes nothing.
+//! and unpause need root or the VM's owner (starting a VM whose devices
+//! run unsandboxed, vm.conf's `sandbox no`, needs root); load, reload,
+//! reset and log need root. A refused request changes nothing.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use ipc::control::{
 };
 use ipc::monitor::{LogLevel, ToMonitor};
 
-use super::access::{owner_of_peer, Peer};
+use super::access::{owner_of_peer, Peer, Starter};
 use super::daemon::{specs_of, ConfigMode, Refusal, Vmd};
 use super::registry::is_live;
 use super::spec::VmSpec;
@@ -165,7 +166,7 @@ fn start_vm(vmd: &Arc<Vmd>, peer: &Peer, start: &StartRequest) -> Result<Respons
             state.vms.add(spec, VmState::Stopped)
         }
     };
-    let (name, tty) = vmd.start_vm(id)?;
+    let (name, tty) = vmd.start_vm(id, Starter::User(peer.uid))?;
     Ok(Response::Started { id, name, tty })
 }
 

@@ -50,7 +50,9 @@ pub struct VmSpec {
     /// is refused while this is not empty, rather than running it
     /// without them.
     pub missing: Vec<String>,
-    /// The vm.conf block, for templates (`vmctl start -t`).
+    /// The vm.conf block, for templates (`vmctl start -t`) and for
+    /// [`Self::unsandboxed`]; `None` for a VM `vmctl start` alone made
+    /// and for instances made with `-t`.
     pub conf: Option<VmConf>,
 }
 
@@ -235,6 +237,21 @@ impl VmSpec {
             || start.interfaces > 0
     }
 
+    /// Where vm.conf turns this VM's device sandbox off (`sandbox no`), as
+    /// `file:line`; `None` when its devices run sandboxed, which they
+    /// always do for VMs that `vmctl start` alone describes and for
+    /// instances made with `vmctl start -t` (the flag is the block's own
+    /// and is not inherited).
+    pub fn unsandboxed(&self) -> Option<String> {
+        let conf = self.conf.as_ref().filter(|c| !c.sandbox)?;
+        let line = if conf.sandbox_line > 0 {
+            conf.sandbox_line
+        } else {
+            conf.line
+        };
+        Some(format!("{}:{line}", conf.file.display()))
+    }
+
     /// Why this VM cannot start now, if it cannot.
     pub fn unstartable(&self) -> Option<String> {
         if self.kernel.is_none() {
@@ -342,6 +359,26 @@ mod tests {
                 item: "boot"
             })
         );
+    }
+
+    #[test]
+    fn sandbox_no_is_the_blocks_own_and_never_an_instances() {
+        let vms = conf(
+            "vm a { boot \"/k\"\n sandbox no\n allow instance { memory } }\n\
+             vm a instance b { }\nvm c { sandbox yes }\n",
+        );
+        let a = VmSpec::from_conf(&vms[0]).unwrap();
+        assert_eq!(a.unsandboxed().as_deref(), Some("vm.conf:2"));
+        let b = VmSpec::from_conf(&vms[1]).unwrap();
+        assert_eq!(b.unsandboxed(), None, "a conf instance is sandboxed");
+        let c = VmSpec::from_conf(&vms[2]).unwrap();
+        assert_eq!(c.unsandboxed(), None);
+        let i = a
+            .instance("i", &StartRequest::default(), ResolvedOwner::default())
+            .unwrap();
+        assert_eq!(i.unsandboxed(), None, "a -t instance is sandboxed");
+        let s = VmSpec::from_start("s", &StartRequest::default(), ResolvedOwner::default());
+        assert_eq!(s.unsandboxed(), None, "vmctl start alone is sandboxed");
     }
 
     #[test]

@@ -35,6 +35,8 @@ impl VmBody {
             min_interfaces: self.min_interfaces.unwrap_or(0),
             owner: self.owner,
             allow_instance: self.allow.unwrap_or_default(),
+            sandbox: self.sandbox.is_none_or(|(on, _)| on),
+            sandbox_line: self.sandbox.map_or(0, |(_, line)| line),
         }
     }
 }
@@ -60,7 +62,8 @@ impl Parser {
     /// Resolves `vm "parent" instance "name" { body }`: every setting the
     /// body makes must be allowed by the parent (each refusal is reported);
     /// unset settings are inherited, except the exclusive ones listed on
-    /// [`VmConf`].
+    /// [`VmConf`] (so an instance's devices are sandboxed unless its own
+    /// block says `sandbox no`, which, like `enable`, needs no leave).
     pub(super) fn instance(
         &mut self,
         parent: &VmConf,

@@ -187,7 +187,9 @@ pub struct InstanceAllow {
 ///
 /// Exclusive settings, not inherited by an instance: disks (vmd-rs locks a
 /// writable image to one VM), fixed `lladdr`s (two guests with one address
-/// break the network), `enable`/`disable` and `allow instance`.
+/// break the network), `enable`/`disable`, `sandbox` (an instance's
+/// devices are sandboxed unless its own block says `sandbox no`) and
+/// `allow instance`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConf {
     /// The name, as vmctl checks it.
@@ -226,6 +228,15 @@ pub struct VmConf {
     pub owner: Option<Owner>,
     /// What instances of this VM may set.
     pub allow_instance: InstanceAllow,
+    /// Whether the VM's device processes (dev-block, dev-net,
+    /// dev-console) run sandboxed: `sandbox yes`, the default. `sandbox
+    /// no` (ours) runs them without seccomp, Landlock, namespaces or an
+    /// identity of their own, for debugging a device; only root may start
+    /// such a VM, and vmd logs a warning each time it does.
+    pub sandbox: bool,
+    /// The line of `sandbox no` (or `yes`), in [`Self::file`]; 0 when the
+    /// block does not say.
+    pub sandbox_line: u32,
 }
 
 /// `switch "name" { ... }`: on Linux a bridge that VM taps join.

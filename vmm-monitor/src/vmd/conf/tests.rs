@@ -645,3 +645,41 @@ fn all_digit_vm_names_and_new_keywords_as_macros_are_refused() {
         assert!(e.starts_with("vm.conf:1:"), "{e}");
     }
 }
+
+#[test]
+fn sandbox_yes_is_the_default_and_no_keeps_its_line() {
+    let c = parse("vm a {\n}\nvm b {\n  sandbox yes\n}\nvm c {\n  memory 64M\n  sandbox no\n}\n");
+    let got: Vec<_> = c.vms.iter().map(|v| (v.sandbox, v.sandbox_line)).collect();
+    assert_eq!(got, [(true, 0), (true, 4), (false, 8)]);
+}
+
+#[test]
+fn sandbox_bad_value_twice_and_as_macro_are_errors_with_line() {
+    assert_eq!(
+        one_error("vm a {\n  sandbox maybe\n}\n"),
+        "vm.conf:2: malformed line: expected yes or no, found 'maybe'"
+    );
+    assert_eq!(
+        one_error("vm a {\n  sandbox no\n  sandbox yes\n}\n"),
+        "vm.conf:3: sandbox specified twice"
+    );
+    let e = one_error("vm a {\n  sandbox\n}\n");
+    assert!(
+        e.starts_with("vm.conf:2:") && e.contains("yes or no"),
+        "{e}"
+    );
+    let e = one_error("sandbox=\"no\"\n");
+    assert!(e.starts_with("vm.conf:1:"), "{e}");
+}
+
+#[test]
+fn sandbox_no_is_not_inherited_but_an_instance_may_say_it() {
+    let c = parse(
+        "vm base {\n  sandbox no\n  allow instance { memory }\n}\n\
+         vm base instance kept { memory 64M }\n\
+         vm base instance debug {\n  sandbox no\n}\n",
+    );
+    assert!(!c.vms[0].sandbox);
+    assert!(c.vms[1].sandbox, "an instance is sandboxed by default");
+    assert_eq!((c.vms[2].sandbox, c.vms[2].sandbox_line), (false, 7));
+}

@@ -21,6 +21,8 @@ pub const MAX_INTERFACES: usize = 8;
 pub(super) struct VmBody {
     /// `enable` / `disable`.
     pub enabled: Option<bool>,
+    /// `sandbox yes|no`, and its line.
+    pub sandbox: Option<(bool, u32)>,
     /// `memory`, in bytes.
     pub memory: Option<u64>,
     /// `cpus`.
@@ -211,6 +213,13 @@ impl Parser {
                 )?;
                 return Ok(());
             }
+            "sandbox" => {
+                let (on, _) = self.value("yes or no", yes_no)?;
+                once(self, &mut body.sandbox, (on, pos.line), pos, "sandbox")?;
+                // Like enable/disable, not an `allow instance` item: an
+                // instance is sandboxed unless its own block says otherwise.
+                return Ok(());
+            }
             "allow" => {
                 self.keyword("instance")?;
                 let allow = self.allow_instance()?;
@@ -248,6 +257,18 @@ fn boot_device(text: &str) -> Result<BootDevice, ErrorKind> {
         "disk" => Ok(BootDevice::Disk),
         "net" => Ok(BootDevice::Net),
         _ => Err(ErrorKind::BadBootDevice(text.into())),
+    }
+}
+
+/// `yes` or `no` (of `sandbox`).
+fn yes_no(text: &str) -> Result<bool, ErrorKind> {
+    match text {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(ErrorKind::Unexpected {
+            expected: "yes or no",
+            found: format!("'{text}'"),
+        }),
     }
 }
 
