@@ -301,5 +301,18 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
         seen.windows(2).all(|w| w[0] == w[1]),
         "one uid per VM: {seen:?}"
     );
+    // The monitor too runs as the VM's uid, with no capability and
+    // no_new_privs (its seccomp profile is still to come).
+    let status = |key| vmd_tests::vmd::status_field(monitor, key);
+    let uid = seen[0];
+    assert_eq!(
+        status("Uid"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}"),
+        "the monitor's uid"
+    );
+    assert_eq!(status("CapEff"), "0000000000000000", "the monitor");
+    assert_eq!(status("CapBnd"), "0000000000000000", "the monitor");
+    assert_eq!(status("NoNewPrivs"), "1", "the monitor");
+    assert_eq!(status("Groups"), "", "the monitor");
     vmd.vmctl(&["stop", "-f", "-w", "box"]).ok();
 }

@@ -123,7 +123,7 @@ impl DeviceProcess {
         args.push("--report-fd".into());
         args.push((FIRST_PASSED_FD + fds.len() as RawFd).to_string());
         let namespaced = match sandbox.user {
-            Some(ids) if !sandbox.off && crate::device_spawn::available() => {
+            Some(ids) if !sandbox.off && crate::device_spawn::available(ids) => {
                 args.push("--sandbox-namespaces".into());
                 Some(ids)
             }

@@ -74,7 +74,8 @@ struct Prepared {
 
 /// Starts `program args...` with `fds` at 3, 4, ... in new namespaces,
 /// as `uid`:`gid` outside them; returns its pid (in the monitor's pid
-/// namespace). The monitor must run as root (it writes the id maps).
+/// namespace). The monitor must be root or `uid`:`gid` itself (it writes
+/// the id maps: see [`available`]).
 pub fn spawn(
     program: &Path,
     args: &[String],
@@ -301,8 +302,12 @@ fn child_main(
     fail(errno())
 }
 
-/// Whether this process may start devices in namespaces (it is root).
-pub fn available() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+/// Whether this process may start devices in namespaces mapped to `ids`:
+/// as root (any ids), or as those very ids (the monitor vmd started as the
+/// VM's user: a process may map its own uid and gid into a user namespace
+/// it created).
+pub fn available(ids: (u32, u32)) -> bool {
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    euid == 0 || (euid, egid) == ids
 }

@@ -119,6 +119,34 @@ impl MonitorLink {
     }
 }
 
+/// In the forked child, before exec: gives up root for the VM's own
+/// unprivileged ids, for good — an empty capability bounding set, no
+/// supplementary groups, uid and gid `uid`:`gid` (which clears every
+/// capability), no_new_privs. Raw system calls only (async-signal-safe).
+fn become_vm_user(uid: u32, gid: u32) -> std::io::Result<()> {
+    let check = |ret: libc::c_long| {
+        if ret < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    for cap in 0..64 {
+        // SAFETY: PR_CAPBSET_DROP takes values; EINVAL past the last one.
+        if unsafe { libc::syscall(libc::SYS_prctl, libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            break;
+        }
+    }
+    // SAFETY: setgroups with an empty list reads no memory.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) })?;
+    // SAFETY: plain id arguments.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
+    // SAFETY: plain id arguments.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })?;
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes values.
+    check(unsafe { libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+}
+
 /// Starts the monitor `program` for `record` with `files`; returns once
 /// the VM runs. `on_event` receives the monitor's events from a reader
 /// thread, the last one always [`MonitorEvent::Exited`].
@@ -131,6 +159,7 @@ pub fn spawn_monitor(
     let (mut ours, theirs) = Channel::pair().map_err(LinkError::Spawn)?;
     let theirs = theirs.into_inner();
     let source = theirs.as_raw_fd();
+    let user = launch.sandbox_user;
     let mut command = Command::new(program);
     command
         .args(["--control-fd", &ipc::monitor::CONTROL_FD.to_string()])
@@ -161,6 +190,9 @@ pub fn spawn_monitor(
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
             );
+            if let Some((uid, gid)) = user {
+                become_vm_user(uid, gid)?;
+            }
             Ok(())
         });
     }
