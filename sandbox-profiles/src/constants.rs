@@ -32,6 +32,15 @@ pub const CONSTANTS: &[(&str, u64)] = &[
     ("TUNGETIFF", 0x8004_54d2),
     ("TUNSETOFFLOAD", 0x4004_54d0),
     ("TUNSETVNETHDRSZ", 0x4004_54d8),
+    // <linux/kvm.h>, KVMIO 0xAE: _IO(KVMIO, 0x80), _IOW(KVMIO, 0x79,
+    // struct kvm_ioeventfd (64 bytes)), _IOW(KVMIO, 0x76, struct kvm_irqfd
+    // (32)), _IOW(KVMIO, 0x6a, struct kvm_irq_routing (8)), _IOR(KVMIO,
+    // 0x81, struct kvm_regs (144))
+    ("KVM_RUN", 0xae80),
+    ("KVM_IOEVENTFD", 0x4040_ae79),
+    ("KVM_IRQFD", 0x4020_ae76),
+    ("KVM_SET_GSI_ROUTING", 0x4008_ae6a),
+    ("KVM_GET_REGS", 0x8090_ae81),
 ];
 
 /// The value of constant `name`.

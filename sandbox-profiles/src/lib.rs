@@ -75,6 +75,8 @@ pub enum Profile {
     DevNet,
     /// dev-console.
     DevConsole,
+    /// A vCPU thread of the monitor ([`enter_thread`]).
+    MonitorVcpu,
 }
 
 impl Profile {
@@ -84,6 +86,7 @@ impl Profile {
             Self::DevBlock => "dev_block",
             Self::DevNet => "dev_net",
             Self::DevConsole => "dev_console",
+            Self::MonitorVcpu => "monitor_vcpu",
         }
     }
 
@@ -220,17 +223,43 @@ pub fn enter(profile: Profile, options: &Options) -> Result<(), SandboxError> {
     install_filters(profile.compiled())
 }
 
+/// Applies `profile` to the calling thread only, and to the threads it
+/// starts later (a monitor's vCPU thread: its profile is narrower than its
+/// process's). The process must have no_new_privs (vmd sets it when it
+/// starts a monitor) or seccompiler sets it. A refused call reports to
+/// stderr and ends the process.
+pub fn enter_thread(profile: Profile) -> Result<(), SandboxError> {
+    let name = profile.name();
+    report::install(name, None).map_err(|source| SandboxError::Reporter {
+        profile: name,
+        source,
+    })?;
+    for (index, program) in profile.compiled().programs.iter().enumerate() {
+        seccompiler::apply_filter(&to_bpf(program)).map_err(|source| SandboxError::Seccomp {
+            profile: name,
+            index,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn to_bpf(program: &[generated::Instruction]) -> seccompiler::BpfProgram {
+    program
+        .iter()
+        .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
+        .collect()
+}
+
 /// Installs a compiled profile's seccomp programs on every thread.
 fn install_filters(profile: &'static CompiledProfile) -> Result<(), SandboxError> {
     for (index, program) in profile.programs.iter().enumerate() {
-        let bpf: seccompiler::BpfProgram = program
-            .iter()
-            .map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k })
-            .collect();
-        seccompiler::apply_filter_all_threads(&bpf).map_err(|source| SandboxError::Seccomp {
-            profile: profile.name,
-            index,
-            source,
+        seccompiler::apply_filter_all_threads(&to_bpf(program)).map_err(|source| {
+            SandboxError::Seccomp {
+                profile: profile.name,
+                index,
+                source,
+            }
         })?;
     }
     Ok(())

@@ -110,6 +110,16 @@ fn named_constants_have_the_kernel_values() {
     assert_eq!(constants::constant("TUNGETIFF"), Some(ioc(2, 210)));
     assert_eq!(constants::constant("TUNSETOFFLOAD"), Some(ioc(1, 208)));
     assert_eq!(constants::constant("TUNSETVNETHDRSZ"), Some(ioc(1, 216)));
+    // KVM's: _IOC(dir, 0xAE, nr, size).
+    let kvm = |dir: u64, nr: u64, size: u64| (dir << 30) | (size << 16) | (0xae << 8) | nr;
+    assert_eq!(constants::constant("KVM_RUN"), Some(kvm(0, 0x80, 0)));
+    assert_eq!(constants::constant("KVM_IOEVENTFD"), Some(kvm(1, 0x79, 64)));
+    assert_eq!(constants::constant("KVM_IRQFD"), Some(kvm(1, 0x76, 32)));
+    assert_eq!(
+        constants::constant("KVM_SET_GSI_ROUTING"),
+        Some(kvm(1, 0x6a, 8))
+    );
+    assert_eq!(constants::constant("KVM_GET_REGS"), Some(kvm(2, 0x81, 144)));
 }
 
 /// Env var that makes this test binary, re-run as a child, act as a

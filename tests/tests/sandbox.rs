@@ -314,5 +314,21 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
     assert_eq!(status("CapBnd"), "0000000000000000", "the monitor");
     assert_eq!(status("NoNewPrivs"), "1", "the monitor");
     assert_eq!(status("Groups"), "", "the monitor");
+    // Its vCPU threads run under their own profile (monitor_vcpu).
+    let mut vcpus = 0;
+    for task in std::fs::read_dir(format!("/proc/{monitor}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim().starts_with("vcpu") {
+            let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+            assert!(
+                status.contains("\nSeccomp:\t2\n"),
+                "{}: {status}",
+                comm.trim()
+            );
+            vcpus += 1;
+        }
+    }
+    assert_eq!(vcpus, 1, "the VM's one vCPU thread");
     vmd.vmctl(&["stop", "-f", "-w", "box"]).ok();
 }

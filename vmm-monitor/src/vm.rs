@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use sandbox_profiles::Profile;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusError, SharedDevice};
@@ -323,12 +324,24 @@ impl Vm {
         crate::vcpu::install_kick_handler().map_err(os_err("install the vCPU kick handler"))?;
         let mut threads = Vec::with_capacity(self.vcpus.len());
         let mut spawn_error = None;
+        let sandboxed = !self.sandbox.off;
         for (index, vcpu) in self.vcpus.drain(..).enumerate() {
             let reporter = self.reporter.clone();
             let gate = self.gate.clone();
             match std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
+                    // The guest reaches this thread first: the narrowest
+                    // profile of the monitor, before the first KVM_RUN.
+                    if sandboxed {
+                        if let Err(e) = sandbox_profiles::enter_thread(Profile::MonitorVcpu) {
+                            reporter.send(VmEvent::HostError(format!(
+                                "vcpu {index}: {}",
+                                ipc::error_chain(&e)
+                            )));
+                            return;
+                        }
+                    }
                     let run = std::panic::AssertUnwindSafe(|| vcpu.run(&gate));
                     if std::panic::catch_unwind(run).is_err() {
                         reporter.send(VmEvent::HostError(format!("vcpu {index} panicked")));
