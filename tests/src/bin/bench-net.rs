@@ -26,7 +26,8 @@
 //! /dev/net/tun, `ip` and qemu-system-x86_64; without them it says
 //! SKIPPED and exits 0. VMD_MONITOR overrides the monitor (vmd, vmctl and
 //! dev-net must be next to it), VMD_TEST_GUEST the guest, BENCH_NET_MS the
-//! guest's window (default 3000), BENCH_NET_SIZES the payload sizes
+//! guest's window (default 3000), BENCH_NET_UNSANDBOXED=1 runs ours with
+//! vm.conf's `sandbox no` (what the sandbox costs), BENCH_NET_SIZES the payload sizes
 //! (default "64,1400").
 
 use std::collections::BTreeMap;
@@ -250,6 +251,9 @@ enum Vmm {
 }
 
 struct Setup {
+    /// BENCH_NET_UNSANDBOXED=1: our devices and vCPUs without their
+    /// sandbox (vm.conf `sandbox no`), to measure what it costs.
+    unsandboxed: bool,
     bin: PathBuf,
     guest: String,
     ms: u64,
@@ -359,8 +363,10 @@ fn start_ours(setup: &Setup, ns: &Netns, cmdline: &str) -> Result<Running> {
     std::fs::write(
         &conf,
         format!(
-            "vm \"n\" {{\n boot \"{}\"\n memory {MEMORY_MIB}M\n disable\n local interface\n cmdline \"{cmdline}\"\n}}\n",
-            setup.guest
+            "vm \"n\" {{\n boot \"{}\"\n memory {MEMORY_MIB}M\n disable\n local interface\n cmdline \"{cmdline}\"\n{}}}\n",
+            setup.guest,
+            // For measuring what the sandbox costs (vm.conf's escape).
+            if setup.unsandboxed { " sandbox no\n" } else { "" }
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -775,6 +781,7 @@ fn bench() -> Result<()> {
     };
     let scratch = Scratch::new("bench-net")?;
     let setup = Setup {
+        unsandboxed: std::env::var_os("BENCH_NET_UNSANDBOXED").is_some_and(|v| v == "1"),
         bin,
         guest: vmd_tests::bench::guest(),
         ms,
