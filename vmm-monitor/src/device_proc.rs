@@ -17,7 +17,7 @@
 //!   [`DeviceProcess`] gives the process [`EXIT_GRACE`] to end on its own
 //!   (its frontend is gone by then), then kills it.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -112,7 +112,7 @@ impl DeviceProcess {
             name: name.to_string(),
             source,
         };
-        let (read_end, write_end) = report_pipe().map_err(spawn_err)?;
+        let (read_end, write_end) = crate::device_spawn::pipe().map_err(spawn_err)?;
         let mut all: Vec<BorrowedFd<'_>> = fds.to_vec();
         all.push(write_end.as_fd());
         let mut args = args.to_vec();
@@ -284,16 +284,6 @@ fn kill(child: &Mutex<Option<libc::pid_t>>) {
     }
 }
 
-/// A close-on-exec pipe: (read end, write end).
-fn report_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and nothing else owns them.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
 
 /// Reaps the child and reports its death (with its sandbox's report, if
 /// it wrote one).
