@@ -23,6 +23,8 @@ pub const SYSLOG_ENV: &str = "VMD_LOG_SYSLOG";
 
 struct StderrLogger {
     program: &'static str,
+    /// The pid in log lines: the host's view of this process.
+    pid: u32,
     start: Instant,
     syslog: Option<std::os::unix::net::UnixDatagram>,
 }
@@ -59,7 +61,7 @@ impl Log for StderrLogger {
                 "<{}>{}[{}]: {}: {}",
                 (3 << 3) | severity,
                 self.program,
-                std::process::id(),
+                self.pid,
                 record.target(),
                 record.args()
             );
@@ -71,7 +73,7 @@ impl Log for StderrLogger {
         let line = format!(
             "{}[{}] {:>4}.{:06} {:<5} {}: {}\n",
             self.program,
-            std::process::id(),
+            self.pid,
             elapsed.as_secs(),
             elapsed.subsec_micros(),
             record.level(),
@@ -92,6 +94,7 @@ impl Log for StderrLogger {
 pub fn init(program: &'static str, level: LevelFilter) {
     let logger = LOGGER.get_or_init(|| StderrLogger {
         program,
+        pid: host_pid(),
         start: Instant::now(),
         syslog: std::env::var_os(SYSLOG_ENV).and_then(|_| {
             let socket = std::os::unix::net::UnixDatagram::unbound().ok()?;
@@ -104,6 +107,20 @@ pub fn init(program: &'static str, level: LevelFilter) {
         start_signal_thread();
     }
     set_level(level);
+}
+
+/// Environment variable with this process's pid as the host sees it, for
+/// a process started in a pid namespace of its own (where it is pid 1).
+pub const HOST_PID_ENV: &str = "VMD_LOG_PID";
+
+/// The pid log lines show: `$VMD_LOG_PID` if set to a number (a device
+/// process in its own pid namespace, whose monitor set it), else ours.
+fn host_pid() -> u32 {
+    std::env::var(HOST_PID_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|&p| p > 0)
+        .unwrap_or_else(std::process::id)
 }
 
 /// Sets the log level of this process.

@@ -253,6 +253,16 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
         // Sandboxed before it serves: wait for the vhost-user set-up.
         std::thread::sleep(Duration::from_millis(200));
         seen.push(assert_sandboxed(pid, device));
+        // Its log lines name it by the pid the host sees (it is 1 inside).
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let env_pid = String::from_utf8_lossy(&environ)
+            .split('\0')
+            .find_map(|kv| kv.strip_prefix("VMD_LOG_PID=").map(str::to_string));
+        assert_eq!(
+            env_pid.and_then(|p| p.parse::<u32>().ok()),
+            Some(pid),
+            "{device}: VMD_LOG_PID"
+        );
         // Namespaces of its own, in which it is pid 1, and a mount
         // namespace that holds only its empty, read-only root.
         for ns in ["user", "mnt", "pid", "ipc", "uts", "net"] {

@@ -22,6 +22,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+/// Room for a pid's digits in the child's environment.
+const PID_DIGITS_PLACEHOLDER: &str = "0000000000";
+
 /// Most fds a device gets passed (3 and up).
 pub const MAX_PASSED_FDS: usize = 32;
 /// Namespaces a sandboxed device starts in.
@@ -69,6 +72,9 @@ struct Prepared {
     envp: Vec<CString>,
     sources: [RawFd; MAX_PASSED_FDS],
     count: usize,
+    /// Where the child writes its pid's digits: inside the NUL-terminated
+    /// `VMD_LOG_PID=0000000000` entry the parent keeps alive.
+    pid_digits: *mut u8,
     /// First fd number above every source: where they are moved first.
     high: RawFd,
 }
@@ -95,6 +101,7 @@ pub fn spawn(
         argv.push(cstring(a.as_bytes())?);
     }
     let envp = std::env::vars_os()
+        .filter(|(k, _)| k != ipc::logger::HOST_PID_ENV)
         .map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
@@ -102,6 +109,15 @@ pub fn spawn(
             cstring(&kv)
         })
         .collect::<io::Result<Vec<_>>>()?;
+    // The child's pid as the host sees it, filled in by the child from
+    // what the parent sends (its own getpid() says 1): its log lines then
+    // name the process an operator can find. Digits are written over the
+    // zeroes; the NUL after them stays.
+    let mut pid_env: Vec<u8> =
+        format!("{}={PID_DIGITS_PLACEHOLDER}\0", ipc::logger::HOST_PID_ENV).into_bytes();
+    // The child writes through this pointer (never through a reference).
+    let pid_env_ptr = pid_env.as_mut_ptr();
+    let pid_digits_at = pid_env.len() - 1 - PID_DIGITS_PLACEHOLDER.len();
     let mut sources = [-1; MAX_PASSED_FDS];
     sources[..fds.len()].copy_from_slice(fds);
     let prepared = Prepared {
@@ -111,6 +127,8 @@ pub fn spawn(
         sources,
         count: fds.len(),
         high: fds.iter().copied().max().unwrap_or(2).max(2) + 1,
+        // SAFETY: pid_digits_at + 10 digits lie inside `pid_env`.
+        pid_digits: unsafe { pid_env_ptr.add(pid_digits_at) },
     };
     let argv_ptrs: Vec<*const libc::c_char> = prepared
         .argv
@@ -122,7 +140,7 @@ pub fn spawn(
         .envp
         .iter()
         .map(|a| a.as_ptr())
-        .chain([std::ptr::null()])
+        .chain([pid_env_ptr as *const libc::c_char, std::ptr::null()])
         .collect();
     let (go_read, go_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
@@ -161,7 +179,10 @@ pub fn spawn(
     // Let the child go on even if a map failed: it then cannot become the
     // VM's uid (setresuid fails), reports that and exits.
     let mut go = std::fs::File::from(go_write);
-    let _ = go.write_all(&[u8::from(mapped.is_ok())]);
+    let mut message = [0u8; 5];
+    message[0] = u8::from(mapped.is_ok());
+    message[1..].copy_from_slice(&pid.to_ne_bytes());
+    let _ = go.write_all(&message);
     drop(go);
     let mut errno = [0u8; 4];
     let mut err = std::fs::File::from(err_read);
@@ -244,11 +265,12 @@ fn child_main(
             .into()
     };
     sys!(libc::SYS_close, go_write);
-    let mut go = [0u8; 1];
-    // Pointer to a live 1-byte stack array.
-    if sys!(libc::SYS_read, go_read, go.as_mut_ptr(), 1) != 1 || go[0] != 1 {
+    let mut go = [0u8; 5];
+    // Pointer to a live 5-byte stack array.
+    if sys!(libc::SYS_read, go_read, go.as_mut_ptr(), go.len()) != 5 || go[0] != 1 {
         fail(libc::EPERM.into());
     }
+    write_pid_digits(prepared, i32::from_ne_bytes([go[1], go[2], go[3], go[4]]));
     sys!(libc::SYS_close, go_read);
     if sys!(libc::SYS_setresgid, 0, 0, 0) != 0 || sys!(libc::SYS_setresuid, 0, 0, 0) != 0 {
         fail(errno());
@@ -301,6 +323,20 @@ fn child_main(
         envp.as_ptr()
     );
     fail(errno())
+}
+
+/// In the child: writes `pid` in decimal over the placeholder digits of
+/// its `VMD_LOG_PID=0000000000` entry (zero-padded; the logger parses it
+/// as a number). No allocation, no reference: a raw write.
+fn write_pid_digits(prepared: &Prepared, pid: i32) {
+    let mut n = pid.max(0) as u32;
+    for i in (0..PID_DIGITS_PLACEHOLDER.len()).rev() {
+        // SAFETY: `pid_digits` points at the placeholder's digits inside a
+        // buffer the parent keeps alive past the clone (this child has its
+        // own copy); nothing holds a reference to it, and i < 10.
+        unsafe { *prepared.pid_digits.add(i) = b'0' + (n % 10) as u8 };
+        n /= 10;
+    }
 }
 
 /// Whether this process may start devices in namespaces mapped to `ids`:
