@@ -324,6 +324,15 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
     assert_eq!(status("CapBnd"), "0000000000000000", "the monitor");
     assert_eq!(status("NoNewPrivs"), "1", "the monitor");
     assert_eq!(status("Groups"), "", "the monitor");
+    // Network, IPC and UTS namespaces of its own (vmd's are the host's).
+    for ns in ["net", "ipc", "uts"] {
+        let link = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).unwrap();
+        assert_ne!(
+            link(monitor),
+            link(vmd.pid()),
+            "the monitor's {ns} namespace"
+        );
+    }
     // Its vCPU threads run under their own profile (monitor_vcpu).
     let mut vcpus = 0;
     for task in std::fs::read_dir(format!("/proc/{monitor}/task")).unwrap() {

@@ -166,8 +166,8 @@ pub fn spawn_monitor(
         .stdin(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec and calls
     // only async-signal-safe functions (sigemptyset, sigprocmask, setsid,
-    // dup2, close_range) on a local sigset and an fd the parent
-    // keeps open until spawn returns.
+    // dup2, close_range, and raw unshare/prctl/set*id system calls) on a
+    // local sigset and an fd the parent keeps open until spawn returns.
     unsafe {
         command.pre_exec(move || {
             // vmd blocks the signals its signal thread takes; the monitor
@@ -191,6 +191,13 @@ pub fn spawn_monitor(
                 libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
             );
             if let Some((uid, gid)) = user {
+                // Namespaces of its own first (that needs root): no
+                // network (taps come as fds, sockets are path-bound), no
+                // System V IPC, no host name shared with anyone.
+                let flags = libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+                if libc::syscall(libc::SYS_unshare, flags) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 become_vm_user(uid, gid)?;
             }
             Ok(())
