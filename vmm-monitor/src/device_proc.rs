@@ -26,6 +26,19 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::config::DeviceSandbox;
 use crate::exit::{VmEvent, VmEvents};
 
+/// The device option that says it was started in namespaces of its own.
+const NAMESPACES_FLAG: &str = "--sandbox-namespaces";
+
+/// Whether `e` from a namespaced spawn means the host does not allow this
+/// process a user namespace (EPERM, EACCES, or ENOSPC for
+/// `user.max_user_namespaces` 0), rather than a failure of the device.
+fn namespaces_refused(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::ENOSPC) | Some(libc::EINVAL)
+    )
+}
+
 /// First fd number a device process finds its passed fds at.
 pub const FIRST_PASSED_FD: RawFd = 3;
 
@@ -124,7 +137,7 @@ impl DeviceProcess {
         args.push((FIRST_PASSED_FD + fds.len() as RawFd).to_string());
         let namespaced = match sandbox.user {
             Some(ids) if !sandbox.off && crate::device_spawn::available(ids) => {
-                args.push("--sandbox-namespaces".into());
+                args.push(NAMESPACES_FLAG.into());
                 Some(ids)
             }
             _ => None,
@@ -159,10 +172,31 @@ impl DeviceProcess {
             name: name.to_string(),
             source,
         };
-        let pid = match namespaced {
+        let mut namespaced = namespaced;
+        let namespaced_pid = match namespaced {
             Some((uid, gid)) => {
-                crate::device_spawn::spawn(program, &args, &sources, uid, gid).map_err(spawn_err)?
+                match crate::device_spawn::spawn(program, &args, &sources, uid, gid) {
+                    Ok(pid) => Some(pid),
+                    // Hosts that forbid unprivileged user namespaces
+                    // (a sysctl, an LSM) refuse the clone: the device then
+                    // runs without namespaces, still filtered and as the
+                    // VM's uid, and says so.
+                    Err(e) if namespaces_refused(&e) => {
+                        log::warn!(
+                            "{name}: this host refuses a user namespace ({e}); starting it \
+                             without namespaces of its own"
+                        );
+                        args.retain(|a| a != NAMESPACES_FLAG);
+                        namespaced = None;
+                        None
+                    }
+                    Err(e) => return Err(spawn_err(e)),
+                }
             }
+            None => None,
+        };
+        let pid = match namespaced_pid {
+            Some(pid) => pid,
             None => {
                 let mut command = Command::new(program);
                 command.args(&args);
@@ -283,7 +317,6 @@ fn kill(child: &Mutex<Option<libc::pid_t>>) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
-
 
 /// Reaps the child and reports its death (with its sandbox's report, if
 /// it wrote one).
@@ -454,6 +487,21 @@ mod tests {
             }
         );
         drop(proc);
+    }
+
+    #[test]
+    fn a_refused_user_namespace_is_told_from_a_failed_device() {
+        for errno in [libc::EPERM, libc::EACCES, libc::ENOSPC, libc::EINVAL] {
+            assert!(namespaces_refused(&std::io::Error::from_raw_os_error(
+                errno
+            )));
+        }
+        assert!(!namespaces_refused(&std::io::Error::from_raw_os_error(
+            libc::ENOENT
+        )));
+        assert!(!namespaces_refused(&std::io::Error::from_raw_os_error(
+            libc::EMFILE
+        )));
     }
 
     #[test]
