@@ -122,29 +122,14 @@ impl MonitorLink {
 /// In the forked child, before exec: gives up root for the VM's own
 /// unprivileged ids, for good — an empty capability bounding set, no
 /// supplementary groups, uid and gid `uid`:`gid` (which clears every
-/// capability), no_new_privs. Raw system calls only (async-signal-safe).
+/// capability), no_new_privs. The same steps as a sandboxed device's
+/// (`sandbox_profiles::privileges`), which allocate nothing.
 fn become_vm_user(uid: u32, gid: u32) -> std::io::Result<()> {
-    let check = |ret: libc::c_long| {
-        if ret < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
-    for cap in 0..64 {
-        // SAFETY: PR_CAPBSET_DROP takes values; EINVAL past the last one.
-        if unsafe { libc::syscall(libc::SYS_prctl, libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
-            break;
-        }
-    }
-    // SAFETY: setgroups with an empty list reads no memory.
-    check(unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) })?;
-    // SAFETY: plain id arguments.
-    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
-    // SAFETY: plain id arguments.
-    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })?;
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes values.
-    check(unsafe { libc::syscall(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+    use sandbox_profiles::privileges::{self, PrivilegeError};
+    let io = |PrivilegeError::Call { source, .. }| source;
+    privileges::drop_bounding_set().map_err(io)?;
+    privileges::become_user(uid, gid).map_err(io)?;
+    privileges::no_new_privs().map_err(io)
 }
 
 /// Starts the monitor `program` for `record` with `files`; returns once
@@ -166,8 +151,10 @@ pub fn spawn_monitor(
         .stdin(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec and calls
     // only async-signal-safe functions (sigemptyset, sigprocmask, setsid,
-    // dup2, close_range, and raw unshare/prctl/set*id system calls) on a
-    // local sigset and an fd the parent keeps open until spawn returns.
+    // dup2, close_range, unshare, prctl, setgroups, setresgid, setresuid —
+    // the forked child is single-threaded, so glibc's set*id wrappers do
+    // not broadcast) on a local sigset and an fd the parent keeps open
+    // until spawn returns.
     unsafe {
         command.pre_exec(move || {
             // vmd blocks the signals its signal thread takes; the monitor
