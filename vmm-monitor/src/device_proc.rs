@@ -33,10 +33,12 @@ const NAMESPACES_FLAG: &str = "--sandbox-namespaces";
 /// process a user namespace (EPERM, EACCES, or ENOSPC for
 /// `user.max_user_namespaces` 0), rather than a failure of the device.
 fn namespaces_refused(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::ENOSPC) | Some(libc::EINVAL)
-    )
+    // A refused id map comes back with its path, as a PermissionDenied.
+    e.kind() == std::io::ErrorKind::PermissionDenied
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::ENOSPC) | Some(libc::EINVAL)
+        )
 }
 
 /// First fd number a device process finds its passed fds at.
@@ -496,6 +498,8 @@ mod tests {
                 errno
             )));
         }
+        let map = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "/proc/1/uid_map");
+        assert!(namespaces_refused(&map));
         assert!(!namespaces_refused(&std::io::Error::from_raw_os_error(
             libc::ENOENT
         )));
