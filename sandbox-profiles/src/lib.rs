@@ -24,6 +24,8 @@
 //! | --- | --- |
 //! | [`privileges`] | rlimits, uid/gid, capabilities, no_new_privs |
 //! | [`landlock_domain`] | the landlock domain that grants nothing |
+//! | [`exec_root`] | the monitor's root: its executables and their libraries only |
+//! | [`elf_deps`] | the libraries an executable loads |
 //! | [`mount_ns`] | the empty, read-only root of a process in its own mount namespace |
 //! | [`report`] | the SIGSYS reporter, and reading a report in the parent |
 //! | [`selftest`] | the test-only trigger: try a call the profile refuses |
@@ -31,6 +33,8 @@
 //! | [`constants`] | the named argument values profiles may use |
 
 pub mod constants;
+pub mod elf_deps;
+pub mod exec_root;
 pub mod landlock_domain;
 pub mod mount_ns;
 pub mod privileges;

@@ -15,6 +15,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -324,8 +325,9 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
     assert_eq!(status("CapBnd"), "0000000000000000", "the monitor");
     assert_eq!(status("NoNewPrivs"), "1", "the monitor");
     assert_eq!(status("Groups"), "", "the monitor");
-    // Network, IPC and UTS namespaces of its own (vmd's are the host's).
-    for ns in ["net", "ipc", "uts"] {
+    // Mount, network, IPC and UTS namespaces of its own (vmd's are the
+    // host's).
+    for ns in ["mnt", "net", "ipc", "uts"] {
         let link = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).unwrap();
         assert_ne!(
             link(monitor),
@@ -333,6 +335,49 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
             "the monitor's {ns} namespace"
         );
     }
+    // Its root holds what it executes and what loading that needs, all
+    // read-only, a /proc showing only its own VM's processes, and an
+    // empty /tmp: no /etc, no /dev, no shell.
+    let root = |path: &str| format!("/proc/{monitor}/root{path}");
+    let exe = std::fs::read_link(format!("/proc/{monitor}/exe")).unwrap();
+    for present in [
+        exe.to_string_lossy().into_owned(),
+        exe.with_file_name("dev-block")
+            .to_string_lossy()
+            .into_owned(),
+        exe.with_file_name("dev-net").to_string_lossy().into_owned(),
+        "/proc/self/status".to_string(),
+    ] {
+        assert!(
+            Path::new(&root(&present)).exists(),
+            "monitor's root lacks {present}"
+        );
+    }
+    for absent in [
+        "/etc/passwd",
+        "/bin/sh",
+        "/usr/bin",
+        "/dev/null",
+        "/home",
+        "/proc/sys",
+    ] {
+        assert!(
+            !Path::new(&root(absent)).exists(),
+            "monitor's root has {absent}"
+        );
+    }
+    let mounts = std::fs::read_to_string(format!("/proc/{monitor}/mountinfo")).unwrap();
+    for line in mounts.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let options = fields[5].split(',').collect::<Vec<_>>();
+        if fields[4] == "/proc" {
+            assert!(line.contains("hidepid=invisible"), "monitor: {line}");
+        } else {
+            assert!(options.contains(&"ro"), "monitor: writable {line}");
+        }
+    }
+    // (What hidepid hides depends on the reader, so it is seen from
+    // inside by sandbox-profiles' exec_root test, not from here.)
     // Its vCPU threads run under their own profile (monitor_vcpu).
     let mut vcpus = 0;
     for task in std::fs::read_dir(format!("/proc/{monitor}/task")).unwrap() {

@@ -38,7 +38,9 @@ impl Trigger for IrqLine {
 
 /// Where the console's bytes go: a file descriptor written without buffering.
 pub struct ConsoleSink {
-    file: File,
+    /// None for a queued sink (which needs no fd, and so no /dev/null in
+    /// the monitor's root).
+    file: Option<File>,
     /// Non-blocking fd: drop what does not fit instead of failing.
     lossy: bool,
     /// Bytes dropped so far (lossy sinks).
@@ -63,7 +65,7 @@ impl ConsoleSink {
     /// A sink writing to `file` (tests, or a log file later).
     pub fn from_file(file: File) -> Self {
         Self {
-            file,
+            file: Some(file),
             lossy: false,
             dropped: 0,
             queue: None,
@@ -74,7 +76,7 @@ impl ConsoleSink {
     /// [`super::com_queue`]. The queue is closed when the sink is dropped.
     pub fn queued(queue: std::sync::Arc<super::com_queue::ComQueue>) -> io::Result<Self> {
         Ok(Self {
-            file: File::open("/dev/null")?,
+            file: None,
             lossy: true,
             dropped: 0,
             queue: Some(queue),
@@ -87,7 +89,7 @@ impl ConsoleSink {
     pub fn lossy(file: File) -> io::Result<Self> {
         set_nonblocking(&file)?;
         Ok(Self {
-            file,
+            file: Some(file),
             lossy: true,
             dropped: 0,
             queue: None,
@@ -128,7 +130,10 @@ impl Write for ConsoleSink {
             queue.push(buf);
             return Ok(buf.len());
         }
-        match self.file.write(buf) {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(buf.len());
+        };
+        match file.write(buf) {
             Err(e) if self.lossy && e.kind() == io::ErrorKind::WouldBlock => {
                 if self.dropped == 0 {
                     log::debug!("console: pty full, dropping output until it drains");

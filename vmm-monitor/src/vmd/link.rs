@@ -12,7 +12,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use ipc::monitor::{DiskAttach, FromMonitor, Launch, LogLevel, ToMonitor, VmRecord};
 use ipc::Channel;
+use sandbox_profiles::exec_root::ExecRoot;
 
 use super::resources::{Console, OpenDisk};
 
@@ -44,6 +45,9 @@ pub enum LinkError {
     /// The monitor binary could not be started.
     #[error("cannot start the monitor")]
     Spawn(#[source] std::io::Error),
+    /// The monitor's root could not be planned.
+    #[error("cannot prepare the monitor's root")]
+    Root(#[from] sandbox_profiles::exec_root::ExecRootError),
     /// The conversation broke.
     #[error("monitor connection")]
     Ipc(#[from] ipc::IpcError),
@@ -132,6 +136,32 @@ fn become_vm_user(uid: u32, gid: u32) -> std::io::Result<()> {
     privileges::no_new_privs().map_err(io)
 }
 
+/// The device binaries a monitor starts, found beside it.
+const DEVICE_BINARIES: [&str; 3] = ["dev-block", "dev-net", "dev-console"];
+
+/// Plans the root a sandboxed monitor runs in: `program`, the device
+/// binaries beside it, their libraries, and the syslog socket when logs go
+/// there. Nothing else of the host's filesystem is in it.
+pub fn monitor_root(program: &Path) -> Result<ExecRoot, LinkError> {
+    let mut executables = vec![program.to_owned()];
+    if let Some(dir) = program.parent() {
+        executables.extend(
+            DEVICE_BINARIES
+                .iter()
+                .map(|name| dir.join(name))
+                .filter(|path| path.is_file()),
+        );
+    }
+    let syslog = Path::new("/dev/log");
+    let extra: Vec<PathBuf> =
+        if std::env::var_os(ipc::logger::SYSLOG_ENV).is_some() && syslog.exists() {
+            vec![syslog.to_owned()]
+        } else {
+            Vec::new()
+        };
+    Ok(ExecRoot::plan(&executables, &extra)?)
+}
+
 /// Starts the monitor `program` for `record` with `files`; returns once
 /// the VM runs. `on_event` receives the monitor's events from a reader
 /// thread, the last one always [`MonitorEvent::Exited`].
@@ -145,16 +175,18 @@ pub fn spawn_monitor(
     let theirs = theirs.into_inner();
     let source = theirs.as_raw_fd();
     let user = launch.sandbox_user;
+    let root = user.map(|_| monitor_root(program)).transpose()?;
     let mut command = Command::new(program);
     command
         .args(["--control-fd", &ipc::monitor::CONTROL_FD.to_string()])
         .stdin(Stdio::null());
     // SAFETY: the closure runs in the forked child before exec and calls
     // only async-signal-safe functions (sigemptyset, sigprocmask, setsid,
-    // dup2, close_range, unshare, prctl, setgroups, setresgid, setresuid —
-    // the forked child is single-threaded, so glibc's set*id wrappers do
-    // not broadcast) on a local sigset and an fd the parent keeps open
-    // until spawn returns.
+    // dup2, close_range, unshare, mount, mkdir, open, close, chdir,
+    // pivot_root, umount2, prctl, setgroups, setresgid, setresuid — the
+    // forked child is single-threaded, so glibc's set*id wrappers do not
+    // broadcast) on a local sigset, an fd the parent keeps open until spawn
+    // returns, and the root planned before the fork.
     unsafe {
         command.pre_exec(move || {
             // vmd blocks the signals its signal thread takes; the monitor
@@ -177,14 +209,19 @@ pub fn spawn_monitor(
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
             );
-            if let Some((uid, gid)) = user {
+            if let (Some((uid, gid)), Some(root)) = (user, &root) {
                 // Namespaces of its own first (that needs root): no
                 // network (taps come as fds, sockets are path-bound), no
-                // System V IPC, no host name shared with anyone.
-                let flags = libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+                // System V IPC, no host name shared with anyone, and a
+                // root holding only what it executes.
+                let flags = libc::CLONE_NEWNS
+                    | libc::CLONE_NEWNET
+                    | libc::CLONE_NEWIPC
+                    | libc::CLONE_NEWUTS;
                 if libc::syscall(libc::SYS_unshare, flags) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                root.enter()?;
                 become_vm_user(uid, gid)?;
             }
             Ok(())
