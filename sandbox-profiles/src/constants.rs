@@ -13,6 +13,9 @@ pub const CONSTANTS: &[(&str, u64)] = &[
     // <linux/prctl.h>
     ("PR_SET_NAME", 15),
     ("PR_GET_NAME", 16),
+    ("PR_SET_NO_NEW_PRIVS", 38),
+    // <linux/seccomp.h>
+    ("SECCOMP_SET_MODE_FILTER", 1),
     // <linux/fcntl.h>, <asm-generic/fcntl.h>
     ("AT_EMPTY_PATH", 0x1000),
     ("F_GETFD", 1),
@@ -20,6 +23,9 @@ pub const CONSTANTS: &[(&str, u64)] = &[
     ("F_GETFL", 3),
     ("F_SETFL", 4),
     ("F_DUPFD_CLOEXEC", 1030),
+    ("F_ADD_SEALS", 1033),
+    // <asm-generic/socket.h>
+    ("SOL_SOCKET", 1),
     // <linux/falloc.h>: KEEP_SIZE 0x01, PUNCH_HOLE 0x02, ZERO_RANGE 0x10
     ("FALLOC_FL_PUNCH_HOLE_KEEP_SIZE", 0x03),
     ("FALLOC_FL_ZERO_RANGE", 0x10),
@@ -41,6 +47,32 @@ pub const CONSTANTS: &[(&str, u64)] = &[
     ("KVM_IRQFD", 0x4020_ae76),
     ("KVM_SET_GSI_ROUTING", 0x4008_ae6a),
     ("KVM_GET_REGS", 0x8090_ae81),
+    // Building a VM (again at each guest reset): _IO(KVMIO, nr) for
+    // GET_API_VERSION 0x00, CREATE_VM 0x01, CHECK_EXTENSION 0x03,
+    // GET_VCPU_MMAP_SIZE 0x04, CREATE_VCPU 0x41, SET_TSS_ADDR 0x47,
+    // CREATE_IRQCHIP 0x60; the others with their struct's size: kvm_cpuid2
+    // (8), kvm_userspace_memory_region (32), __u64 (8), kvm_pit_config
+    // (64), kvm_msrs (8), kvm_sregs (312), kvm_regs (144), kvm_fpu (416),
+    // kvm_lapic_state (1024).
+    ("KVM_GET_API_VERSION", 0xae00),
+    ("KVM_CREATE_VM", 0xae01),
+    ("KVM_CHECK_EXTENSION", 0xae03),
+    ("KVM_GET_VCPU_MMAP_SIZE", 0xae04),
+    ("KVM_GET_SUPPORTED_CPUID", 0xc008_ae05),
+    ("KVM_CREATE_VCPU", 0xae41),
+    ("KVM_SET_USER_MEMORY_REGION", 0x4020_ae46),
+    ("KVM_SET_TSS_ADDR", 0xae47),
+    ("KVM_SET_IDENTITY_MAP_ADDR", 0x4008_ae48),
+    ("KVM_CREATE_IRQCHIP", 0xae60),
+    ("KVM_CREATE_PIT2", 0x4040_ae77),
+    ("KVM_SET_CPUID2", 0x4008_ae90),
+    ("KVM_SET_MSRS", 0x4008_ae89),
+    ("KVM_GET_SREGS", 0x8138_ae83),
+    ("KVM_SET_SREGS", 0x4138_ae84),
+    ("KVM_SET_REGS", 0x4090_ae82),
+    ("KVM_SET_FPU", 0x41a0_ae8d),
+    ("KVM_GET_LAPIC", 0x8400_ae8e),
+    ("KVM_SET_LAPIC", 0x4400_ae8f),
 ];
 
 /// The value of constant `name`.

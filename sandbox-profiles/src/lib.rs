@@ -79,6 +79,8 @@ pub enum Profile {
     DevNet,
     /// dev-console.
     DevConsole,
+    /// The monitor, all its threads ([`enter_monitor`]).
+    Monitor,
     /// A vCPU thread of the monitor ([`enter_thread`]).
     MonitorVcpu,
 }
@@ -90,6 +92,7 @@ impl Profile {
             Self::DevBlock => "dev_block",
             Self::DevNet => "dev_net",
             Self::DevConsole => "dev_console",
+            Self::Monitor => "monitor",
             Self::MonitorVcpu => "monitor_vcpu",
         }
     }
@@ -221,6 +224,34 @@ pub fn enter(profile: Profile, options: &Options) -> Result<(), SandboxError> {
         }
     }
     report::install(name, options.report_fd).map_err(|source| SandboxError::Reporter {
+        profile: name,
+        source,
+    })?;
+    install_filters(profile.compiled())
+}
+
+/// Confines a monitor once its device launcher runs (the launcher, not
+/// the monitor, starts processes): a landlock domain that grants no path
+/// and no TCP port ([`landlock_domain::deny_all_but_signals`]), then the
+/// SIGSYS reporter and the `monitor` profile on every thread. vCPU
+/// threads started later narrow it with [`enter_thread`]. The process has
+/// no_new_privs already (vmd starts it so) or seccompiler sets it.
+pub fn enter_monitor() -> Result<(), SandboxError> {
+    let profile = Profile::Monitor;
+    let name = profile.name();
+    match landlock_domain::deny_all_but_signals() {
+        Ok(landlock_domain::Enforcement::Full) => {}
+        Ok(partial) => {
+            log::warn!("profile {name}: landlock enforcement is {partial:?} on this kernel")
+        }
+        Err(source) => {
+            return Err(SandboxError::Landlock {
+                profile: name,
+                source,
+            })
+        }
+    }
+    report::install(name, None).map_err(|source| SandboxError::Reporter {
         profile: name,
         source,
     })?;

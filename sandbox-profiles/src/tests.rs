@@ -4,7 +4,8 @@ use std::process::Command;
 
 use super::*;
 
-/// Calls no device process may make, in any profile.
+/// Calls no device process may make, in any profile (nor the monitor,
+/// but for the two signals it sends its own devices and threads).
 const NEVER: &[&str] = &[
     "execve",
     "execveat",
@@ -54,6 +55,11 @@ fn every_profile_compiles_and_none_allows_what_no_device_needs() {
     }
     for p in all() {
         for call in NEVER {
+            // The monitor signals its own device processes (to end one)
+            // and its vCPU threads (to kick one out of KVM_RUN).
+            if p.name == "monitor" && ["kill", "tgkill"].contains(call) {
+                continue;
+            }
             assert!(
                 !p.allowed.contains(call),
                 "profile {} allows {call}",
@@ -87,12 +93,19 @@ fn named_constants_have_the_kernel_values() {
         ("CLONE_THREAD", libc::CLONE_THREAD as u64),
         ("PR_SET_NAME", libc::PR_SET_NAME as u64),
         ("PR_GET_NAME", libc::PR_GET_NAME as u64),
+        ("PR_SET_NO_NEW_PRIVS", libc::PR_SET_NO_NEW_PRIVS as u64),
+        (
+            "SECCOMP_SET_MODE_FILTER",
+            libc::SECCOMP_SET_MODE_FILTER as u64,
+        ),
         ("AT_EMPTY_PATH", libc::AT_EMPTY_PATH as u64),
         ("F_GETFD", libc::F_GETFD as u64),
         ("F_SETFD", libc::F_SETFD as u64),
         ("F_GETFL", libc::F_GETFL as u64),
         ("F_SETFL", libc::F_SETFL as u64),
         ("F_DUPFD_CLOEXEC", libc::F_DUPFD_CLOEXEC as u64),
+        ("F_ADD_SEALS", libc::F_ADD_SEALS as u64),
+        ("SOL_SOCKET", libc::SOL_SOCKET as u64),
         (
             "FALLOC_FL_PUNCH_HOLE_KEEP_SIZE",
             (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64,
@@ -120,6 +133,70 @@ fn named_constants_have_the_kernel_values() {
         Some(kvm(1, 0x6a, 8))
     );
     assert_eq!(constants::constant("KVM_GET_REGS"), Some(kvm(2, 0x81, 144)));
+    // The build ioctls, sized from kvm-bindings' structs.
+    use std::mem::size_of;
+    let size = |n: usize| n as u64;
+    let expected = [
+        ("KVM_GET_API_VERSION", kvm(0, 0x00, 0)),
+        ("KVM_CREATE_VM", kvm(0, 0x01, 0)),
+        ("KVM_CHECK_EXTENSION", kvm(0, 0x03, 0)),
+        ("KVM_GET_VCPU_MMAP_SIZE", kvm(0, 0x04, 0)),
+        (
+            "KVM_GET_SUPPORTED_CPUID",
+            kvm(3, 0x05, size(size_of::<kvm_bindings::kvm_cpuid2>())),
+        ),
+        ("KVM_CREATE_VCPU", kvm(0, 0x41, 0)),
+        (
+            "KVM_SET_USER_MEMORY_REGION",
+            kvm(
+                1,
+                0x46,
+                size(size_of::<kvm_bindings::kvm_userspace_memory_region>()),
+            ),
+        ),
+        ("KVM_SET_TSS_ADDR", kvm(0, 0x47, 0)),
+        ("KVM_SET_IDENTITY_MAP_ADDR", kvm(1, 0x48, 8)),
+        ("KVM_CREATE_IRQCHIP", kvm(0, 0x60, 0)),
+        (
+            "KVM_CREATE_PIT2",
+            kvm(1, 0x77, size(size_of::<kvm_bindings::kvm_pit_config>())),
+        ),
+        (
+            "KVM_SET_CPUID2",
+            kvm(1, 0x90, size(size_of::<kvm_bindings::kvm_cpuid2>())),
+        ),
+        (
+            "KVM_SET_MSRS",
+            kvm(1, 0x89, size(size_of::<kvm_bindings::kvm_msrs>())),
+        ),
+        (
+            "KVM_GET_SREGS",
+            kvm(2, 0x83, size(size_of::<kvm_bindings::kvm_sregs>())),
+        ),
+        (
+            "KVM_SET_SREGS",
+            kvm(1, 0x84, size(size_of::<kvm_bindings::kvm_sregs>())),
+        ),
+        (
+            "KVM_SET_REGS",
+            kvm(1, 0x82, size(size_of::<kvm_bindings::kvm_regs>())),
+        ),
+        (
+            "KVM_SET_FPU",
+            kvm(1, 0x8d, size(size_of::<kvm_bindings::kvm_fpu>())),
+        ),
+        (
+            "KVM_GET_LAPIC",
+            kvm(2, 0x8e, size(size_of::<kvm_bindings::kvm_lapic_state>())),
+        ),
+        (
+            "KVM_SET_LAPIC",
+            kvm(1, 0x8f, size(size_of::<kvm_bindings::kvm_lapic_state>())),
+        ),
+    ];
+    for (name, value) in expected {
+        assert_eq!(constants::constant(name), Some(value), "{name}");
+    }
 }
 
 /// Env var that makes this test binary, re-run as a child, act as a
@@ -288,6 +365,22 @@ fn docs_security_md_matches_the_profiles() {
                 p.name
             );
         }
+    }
+    for monitor in [Profile::MonitorVcpu, Profile::Monitor] {
+        let p = monitor.compiled();
+        let text = format!(
+            "`{}`: {}, and {} with an",
+            p.name,
+            p.allowed.len(),
+            p.errno.len()
+        );
+        assert!(
+            doc.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .contains(&text),
+            "docs/security.md should say {text:?}"
+        );
     }
     for leaf in [Profile::DevBlock, Profile::DevNet, Profile::DevConsole] {
         let p = leaf.compiled();

@@ -313,7 +313,7 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
         "one uid per VM: {seen:?}"
     );
     // The monitor too runs as the VM's uid, with no capability and
-    // no_new_privs (its seccomp profile is still to come).
+    // no_new_privs.
     let status = |key| vmd_tests::vmd::status_field(monitor, key);
     let uid = seen[0];
     assert_eq!(
@@ -378,6 +378,29 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
     }
     // (What hidepid hides depends on the reader, so it is seen from
     // inside by sandbox-profiles' exec_root test, not from here.)
+    // Every thread of it is filtered (profile monitor; its vCPU threads
+    // narrow that with monitor_vcpu), and nothing it starts but its
+    // device launcher, which starts the devices as the monitor's children.
+    for task in std::fs::read_dir(format!("/proc/{monitor}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        assert!(
+            status.contains("\nSeccomp:\t2\n"),
+            "monitor thread {}: {status}",
+            comm.trim()
+        );
+    }
+    let launcher = children_named(monitor, "vmm-monitor");
+    assert_eq!(launcher.len(), 1, "the monitor's device launcher");
+    let launcher_status = |key| vmd_tests::vmd::status_field(launcher[0], key);
+    assert_eq!(launcher_status("Uid"), status("Uid"), "the launcher's uid");
+    assert_eq!(
+        launcher_status("CapEff"),
+        "0000000000000000",
+        "the launcher"
+    );
+    assert_eq!(launcher_status("NoNewPrivs"), "1", "the launcher");
     // Its vCPU threads run under their own profile (monitor_vcpu).
     let mut vcpus = 0;
     for task in std::fs::read_dir(format!("/proc/{monitor}/task")).unwrap() {

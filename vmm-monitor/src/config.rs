@@ -25,12 +25,16 @@ pub const MAX_CPUS: usize = 64;
 )]
 pub struct Cli {
     /// Kernel to boot: a Linux bzImage, or an ELF with a PVH note.
-    #[arg(long, value_name = "PATH", required_unless_present = "control_fd")]
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["control_fd", "launcher_fd"])]
     pub kernel: Option<PathBuf>,
     /// Control mode: take everything from vmd over the unix socket at fd
     /// N (see `ipc::monitor`) instead of from this command line.
     #[arg(long, value_name = "N", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "disk"])]
     pub control_fd: Option<i32>,
+    /// The device launcher a monitor in control mode starts (its
+    /// connection at fd N): see `vmm_monitor::launcher`.
+    #[arg(long, value_name = "N", hide = true, conflicts_with_all = ["kernel", "control_fd"])]
+    pub launcher_fd: Option<i32>,
     /// Initial ramdisk (bzImage: the initrd; PVH: module 0).
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,

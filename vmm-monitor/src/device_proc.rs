@@ -21,10 +21,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crate::config::DeviceSandbox;
+use crate::device_spawn::SpawnAs;
 use crate::exit::{VmEvent, VmEvents};
+use crate::launcher::Launcher;
 
 /// The device option that says it was started in namespaces of its own.
 const NAMESPACES_FLAG: &str = "--sandbox-namespaces";
@@ -39,6 +41,25 @@ fn namespaces_refused(e: &std::io::Error) -> bool {
             e.raw_os_error(),
             Some(libc::EPERM) | Some(libc::EACCES) | Some(libc::ENOSPC) | Some(libc::EINVAL)
         )
+}
+
+/// The device launcher, once the monitor started one (vmd's monitors do,
+/// before they confine themselves): device binaries are then started
+/// through it, as the monitor's children.
+static LAUNCHER: OnceLock<Launcher> = OnceLock::new();
+
+/// Starts device binaries through `launcher` from now on.
+pub fn use_launcher(launcher: Launcher) {
+    if LAUNCHER.set(launcher).is_err() {
+        log::warn!("a device launcher was already in use; the new one is dropped");
+    }
+}
+
+/// Reaps `pid`, a child that failed before its exec.
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with a valid status pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
 }
 
 /// First fd number a device process finds its passed fds at.
@@ -78,11 +99,27 @@ pub fn verbosity_args(level: log::LevelFilter) -> Vec<String> {
     vec!["-v".to_string(); count]
 }
 
-/// Path of the device binary `binary` next to the running monitor.
+/// Path of the device binary `binary` next to the running monitor. The
+/// directory is looked up once (a confined monitor may not read
+/// /proc/self/exe again); a device binary's presence too.
 pub fn sibling_binary(binary: &'static str) -> Result<PathBuf, DeviceProcessError> {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let path = exe.parent().unwrap_or(Path::new(".")).join(binary);
-    if path.is_file() {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    static LOOKED_UP: Mutex<Vec<(&'static str, bool)>> = Mutex::new(Vec::new());
+    let dir = DIR.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        exe.parent().unwrap_or(Path::new(".")).to_owned()
+    });
+    let path = dir.join(binary);
+    let mut looked_up = LOOKED_UP.lock().unwrap_or_else(|p| p.into_inner());
+    let found = match looked_up.iter().find(|(name, _)| *name == binary) {
+        Some(&(_, found)) => found,
+        None => {
+            let found = path.is_file();
+            looked_up.push((binary, found));
+            found
+        }
+    };
+    if found {
         Ok(path)
     } else {
         Err(DeviceProcessError::Missing { binary, path })
@@ -174,10 +211,37 @@ impl DeviceProcess {
             name: name.to_string(),
             source,
         };
+        let launcher = LAUNCHER.get().filter(|_| {
+            program
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| crate::launcher::DEVICE_BINARIES.contains(&n))
+        });
+        let start_as = |namespaces: Option<(u32, u32)>, args: &[String]| {
+            let result = match launcher {
+                Some(launcher) => {
+                    let binary = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    launcher.spawn(binary, args, fds, namespaces)
+                }
+                None => {
+                    let how = SpawnAs {
+                        namespaces,
+                        sibling: false,
+                    };
+                    crate::device_spawn::spawn(program, args, &sources, how)
+                }
+            };
+            result.map_err(|e| {
+                if let Some(pid) = e.unreaped {
+                    reap(pid);
+                }
+                e.source
+            })
+        };
         let mut namespaced = namespaced;
         let namespaced_pid = match namespaced {
-            Some((uid, gid)) => {
-                match crate::device_spawn::spawn(program, &args, &sources, uid, gid) {
+            Some(ids) => {
+                match start_as(Some(ids), &args) {
                     Ok(pid) => Some(pid),
                     // Hosts that forbid unprivileged user namespaces
                     // (a sysctl, an LSM) refuse the clone: the device then
@@ -199,6 +263,7 @@ impl DeviceProcess {
         };
         let pid = match namespaced_pid {
             Some(pid) => pid,
+            None if launcher.is_some() => start_as(None, &args).map_err(spawn_err)?,
             None => {
                 let mut command = Command::new(program);
                 command.args(&args);

@@ -79,22 +79,62 @@ struct Prepared {
     high: RawFd,
 }
 
-/// Starts `program args...` with `fds` at 3, 4, ... in new namespaces,
-/// as `uid`:`gid` outside them; returns its pid (in the monitor's pid
-/// namespace). The monitor must be root or `uid`:`gid` itself (it writes
-/// the id maps: see [`available`]).
+/// How a device process is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpawnAs {
+    /// In new namespaces, as this uid and gid outside them; `None`: in the
+    /// caller's namespaces, as the caller's uid.
+    pub namespaces: Option<(u32, u32)>,
+    /// As the caller's sibling (`CLONE_PARENT`): the device launcher
+    /// starts devices as children of the monitor, which reaps them.
+    pub sibling: bool,
+}
+
+/// Starts `program args...` with `fds` at 3, 4, ... as `how` says;
+/// returns its pid (in the caller's pid namespace). For namespaces, the
+/// caller must be root or the very uid and gid (it writes the id maps:
+/// see [`available`]). A sibling that failed to start is left for the
+/// caller's parent to reap; the error then carries its pid.
 pub fn spawn(
     program: &Path,
     args: &[String],
     fds: &[RawFd],
-    uid: u32,
-    gid: u32,
-) -> io::Result<libc::pid_t> {
+    how: SpawnAs,
+) -> Result<libc::pid_t, SpawnError> {
+    spawn_inner(program, args, fds, how)
+}
+
+/// A failed [`spawn`].
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct SpawnError {
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+    /// A sibling process that was created, then failed before its exec
+    /// (the caller's parent must reap it).
+    pub unreaped: Option<libc::pid_t>,
+}
+
+impl From<io::Error> for SpawnError {
+    fn from(source: io::Error) -> Self {
+        Self {
+            source,
+            unreaped: None,
+        }
+    }
+}
+
+fn spawn_inner(
+    program: &Path,
+    args: &[String],
+    fds: &[RawFd],
+    how: SpawnAs,
+) -> Result<libc::pid_t, SpawnError> {
     if fds.len() > MAX_PASSED_FDS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many fds for a device",
-        ));
+        return Err(
+            io::Error::new(io::ErrorKind::InvalidInput, "too many fds for a device").into(),
+        );
     }
     let mut argv = vec![cstring(program.as_os_str().as_bytes())?];
     for a in args {
@@ -144,9 +184,19 @@ pub fn spawn(
         .collect();
     let (go_read, go_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
+    let mut flags = if how.namespaces.is_some() {
+        NAMESPACES
+    } else {
+        0
+    };
+    if how.sibling {
+        flags |= libc::CLONE_PARENT as u64;
+    }
     let mut args = CloneArgs {
-        flags: NAMESPACES,
-        exit_signal: libc::SIGCHLD as u64,
+        flags,
+        // A sibling's exit signal is its parent's choice (clone3 refuses
+        // one with CLONE_PARENT): SIGCHLD, as std started the launcher.
+        exit_signal: if how.sibling { 0 } else { libc::SIGCHLD as u64 },
         ..CloneArgs::default()
     };
     // SAFETY: clone3 with a valid, initialised clone_args of the first
@@ -160,11 +210,12 @@ pub fn spawn(
         )
     };
     if pid < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(io::Error::last_os_error().into());
     }
     if pid == 0 {
         child_main(
             &prepared,
+            how.namespaces.is_some(),
             &argv_ptrs,
             &envp_ptrs,
             go_read.as_raw_fd(),
@@ -175,7 +226,10 @@ pub fn spawn(
     let pid = pid as libc::pid_t;
     drop(go_read);
     drop(err_write);
-    let mapped = write_maps(pid, uid, gid);
+    let mapped = match how.namespaces {
+        Some((uid, gid)) => write_maps(pid, uid, gid),
+        None => Ok(()),
+    };
     // Let the child go on even if a map failed: it then cannot become the
     // VM's uid (setresuid fails), reports that and exits.
     let mut go = std::fs::File::from(go_write);
@@ -190,13 +244,23 @@ pub fn spawn(
         .read(&mut errno)
         .map(|n| n == errno.len())
         .unwrap_or(false);
+    let failed = |source| {
+        if how.sibling {
+            SpawnError {
+                source,
+                unreaped: Some(pid),
+            }
+        } else {
+            reap(pid);
+            SpawnError::from(source)
+        }
+    };
     if let Err(e) = mapped {
-        reap(pid);
-        return Err(e);
+        return Err(failed(e));
     }
     if exec_failed {
-        reap(pid);
-        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+        let errno = i32::from_ne_bytes(errno);
+        return Err(failed(io::Error::from_raw_os_error(errno)));
     }
     Ok(pid)
 }
@@ -228,10 +292,11 @@ macro_rules! sys {
 }
 
 /// In the child, after clone3: waits for the id maps, becomes root of its
-/// user namespace, places the fds, resets the signal mask and execs.
+/// user namespace (when `namespaced`), places the fds, resets the signal mask and execs.
 /// Never returns.
 fn child_main(
     prepared: &Prepared,
+    namespaced: bool,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     go_read: RawFd,
@@ -272,7 +337,9 @@ fn child_main(
     }
     write_pid_digits(prepared, i32::from_ne_bytes([go[1], go[2], go[3], go[4]]));
     sys!(libc::SYS_close, go_read);
-    if sys!(libc::SYS_setresgid, 0, 0, 0) != 0 || sys!(libc::SYS_setresuid, 0, 0, 0) != 0 {
+    if namespaced
+        && (sys!(libc::SYS_setresgid, 0, 0, 0) != 0 || sys!(libc::SYS_setresuid, 0, 0, 0) != 0)
+    {
         fail(errno());
     }
     // The sources go above the target range first, then down to 3, 4, ...

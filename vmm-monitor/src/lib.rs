@@ -16,6 +16,8 @@
 //! - [`irq`]: the GSI routing table (legacy pins now, MSI later).
 //! - [`bus`]: port-I/O and MMIO dispatch of vCPU exits.
 //! - [`device_proc`]: starting device processes with their fds, noticing their death.
+//! - [`device_spawn`]: the clone into namespaces of a device's own, then exec.
+//! - [`launcher`]: the process that starts devices for a confined monitor.
 //! - [`nics`]: a VM's network interfaces: dev-net processes on vmd's taps.
 //! - [`disks`]: a VM's disks: dev-block processes or external vhost-user backends.
 //! - [`devices`]: the in-process platform devices.
@@ -42,6 +44,7 @@ pub mod devices;
 pub mod disks;
 pub mod exit;
 pub mod irq;
+pub mod launcher;
 pub mod layout;
 pub mod loader;
 pub mod memory;

@@ -17,6 +17,9 @@ use vmm_monitor::{control, vm};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logger::init("vmm-monitor", logger::level_for_verbosity(cli.verbose));
+    if let Some(fd) = cli.launcher_fd {
+        return ExitCode::from(vmm_monitor::launcher::serve(fd) as u8);
+    }
     if let Some(fd) = cli.control_fd {
         return ExitCode::from(control::run(fd) as u8);
     }

@@ -127,6 +127,11 @@ pub fn run(fd: RawFd) -> i32 {
         plan.record.name,
         plan.record.id
     );
+    if !plan.config.sandbox.off {
+        if let Err(e) = confine() {
+            return fail(&mut chan, &e);
+        }
+    }
     let console = plan.console.map(|pty| Arc::new(ConsoleLink::new(pty)));
     let gate = Arc::new(PauseGate::new());
     let shared = Shared::new(plan.record, gate.clone(), console.clone());
@@ -214,7 +219,7 @@ fn fail(chan: &mut Channel, message: &str) -> i32 {
 }
 
 /// Takes ownership of `fd`, which must be a unix stream socket.
-fn take_socket(fd: RawFd) -> Result<UnixStream, ControlError> {
+pub(crate) fn take_socket(fd: RawFd) -> Result<UnixStream, ControlError> {
     let not_socket = |source| ControlError::NotASocket { fd, source };
     let kind = ipc::fds::socket_type(fd).map_err(not_socket)?;
     if kind != libc::SOCK_STREAM {
@@ -235,6 +240,23 @@ fn take_socket(fd: RawFd) -> Result<UnixStream, ControlError> {
         )
     };
     Ok(UnixStream::from(fd))
+}
+
+/// Starts the device launcher, then confines the monitor for good
+/// (`sandbox_profiles::enter_monitor`): from here on it opens no path,
+/// starts no process and reaches no network, on every thread.
+fn confine() -> Result<(), String> {
+    let launcher = crate::launcher::Launcher::start()
+        .map_err(|e| format!("cannot start the device launcher: {e}"))?;
+    log::info!("device launcher running as pid {}", launcher.pid());
+    crate::device_proc::use_launcher(launcher);
+    // Where the device binaries are, found while paths may still be used.
+    for binary in crate::launcher::DEVICE_BINARIES {
+        let _ = crate::device_proc::sibling_binary(binary);
+    }
+    sandbox_profiles::enter_monitor().map_err(|e| ipc::error_chain(&e))?;
+    log::info!("sandboxed: profile monitor");
+    Ok(())
 }
 
 /// SIGHUP and SIGINT must not end a monitor (and its VM) with vmd's
