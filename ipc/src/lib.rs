@@ -3,6 +3,8 @@
 //! - [`logger`]: the one log facility of a process, its level switchable
 //!   while it runs (today by SIGUSR1/SIGUSR2; `vmctl log` will send the
 //!   level as a message over a [`Channel`]).
+//! - [`log_forward`]: another process's output (a device's, read from
+//!   its pipe) logged under its name, untrusted lines made safe.
 //! - [`frame`]: the wire format of one message — a fixed 16-byte header
 //!   (magic, [`PROTOCOL_VERSION`], flags, payload length, fd count) and a
 //!   bincode 2 payload — with its limits ([`MAX_PAYLOAD`], [`MAX_FDS`]) and
@@ -24,6 +26,7 @@ pub mod console;
 pub mod control;
 pub mod fds;
 pub mod frame;
+pub mod log_forward;
 pub mod logger;
 pub mod monitor;
 pub mod peer;

@@ -50,16 +50,9 @@ impl Log for StderrLogger {
             return;
         }
         if let Some(socket) = &self.syslog {
-            // daemon facility (3 << 3) with the record's severity.
-            let severity = match record.level() {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                log::Level::Debug | log::Level::Trace => 7,
-            };
             let line = format!(
                 "<{}>{}[{}]: {}: {}",
-                (3 << 3) | severity,
+                syslog_priority(record.level()),
                 self.program,
                 self.pid,
                 record.target(),
@@ -86,6 +79,45 @@ impl Log for StderrLogger {
     }
 
     fn flush(&self) {}
+}
+
+/// The syslog priority of a record: daemon facility (3 << 3) with the
+/// level's severity.
+fn syslog_priority(level: log::Level) -> u8 {
+    let severity = match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    };
+    (3 << 3) | severity
+}
+
+/// Passes on a record another process logged ([`crate::log_forward`]):
+/// to stderr as `stderr_line` (formatted under that process's name), or,
+/// when this process logs to syslog, as `tag` (e.g. `dev-block[42]`) at
+/// `level` with `text`.
+pub(crate) fn emit_foreign(level: log::Level, stderr_line: &str, tag: &str, text: &str) {
+    match LOGGER.get().and_then(|l| l.syslog.as_ref()) {
+        Some(socket) => {
+            let line = format!("<{}>{tag}: {text}", syslog_priority(level));
+            // Nowhere else to report a lost log line.
+            let _ = socket.send(line.as_bytes());
+        }
+        None => {
+            let mut line = String::with_capacity(stderr_line.len() + 1);
+            line.push_str(stderr_line);
+            line.push('\n');
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+    }
+}
+
+/// This process's log time stamp ("seconds.micros" since its logger
+/// started), for a line it writes on another's behalf.
+pub(crate) fn stamp() -> String {
+    let elapsed = LOGGER.get().map(|l| l.start.elapsed()).unwrap_or_default();
+    format!("{:>4}.{:06}", elapsed.as_secs(), elapsed.subsec_micros())
 }
 
 /// Installs the logger for `program` at `level`, and the SIGUSR1/SIGUSR2

@@ -286,7 +286,21 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
             "{device}: {mounts}"
         );
         assert!(lines[0].contains(" - tmpfs "), "{device}: {mounts}");
-        // Every fd past stdio (the log stream it inherits): what was passed
+        // Its stdout and stderr are one pipe the monitor reads and logs
+        // under its name, not the monitor's own stderr (vmd's log).
+        let fd_link = |p: u32, fd: u32| std::fs::read_link(format!("/proc/{p}/fd/{fd}")).unwrap();
+        let output = fd_link(pid, 2);
+        assert!(
+            output.to_string_lossy().starts_with("pipe:"),
+            "{device}: fd 2 is {output:?}"
+        );
+        assert_eq!(fd_link(pid, 1), output, "{device}: stdout and stderr");
+        assert_ne!(
+            output,
+            fd_link(monitor, 2),
+            "{device}: the monitor's stderr"
+        );
+        // Every fd past stdio: what was passed
         // and what it made itself (eventfds, epoll sets, sockets, the
         // inflight memfd); no path but the disk image.
         for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {

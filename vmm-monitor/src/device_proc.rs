@@ -62,6 +62,18 @@ fn reap(pid: libc::pid_t) {
     unsafe { libc::waitpid(pid, &mut status, 0) };
 }
 
+/// What a device process gets besides its fds (see
+/// [`DeviceProcess::spawn_device`]).
+#[derive(Default)]
+struct Extras {
+    /// The read end of its sandbox report pipe.
+    report: Option<OwnedFd>,
+    /// New namespaces, as this uid and gid outside them.
+    namespaced: Option<(u32, u32)>,
+    /// Its stdout/stderr pipe: (read end, write end).
+    output: Option<(OwnedFd, OwnedFd)>,
+}
+
 /// First fd number a device process finds its passed fds at.
 pub const FIRST_PASSED_FD: RawFd = 3;
 
@@ -145,13 +157,16 @@ impl DeviceProcess {
         fds: &[BorrowedFd<'_>],
         events: VmEvents,
     ) -> Result<Self, DeviceProcessError> {
-        Self::start(name, program, args.to_vec(), fds, events, None, None)
+        Self::start(name, program, args.to_vec(), fds, events, Extras::default())
     }
 
     /// [`spawn`](Self::spawn) for a device binary, sandboxed as `sandbox`
-    /// says, which takes `--report-fd`: a pipe whose write end follows `fds`, where its
-    /// sandbox reports a refused call; the waiter reads it once the
-    /// process has ended and logs the report as the cause of death.
+    /// says, which takes `--report-fd`: a pipe whose write end follows
+    /// `fds`, where its sandbox reports a refused call; the waiter reads it
+    /// once the process has ended and logs the report as the cause of
+    /// death. Its stdout and stderr are a pipe too, whose lines a thread
+    /// logs under its name ([`ipc::log_forward`]): it never holds the
+    /// monitor's own stderr (vmd's log).
     pub fn spawn_device(
         name: &str,
         program: &Path,
@@ -165,6 +180,7 @@ impl DeviceProcess {
             source,
         };
         let (read_end, write_end) = crate::device_spawn::pipe().map_err(spawn_err)?;
+        let (output, output_write) = crate::device_spawn::pipe().map_err(spawn_err)?;
         let mut all: Vec<BorrowedFd<'_>> = fds.to_vec();
         all.push(write_end.as_fd());
         let mut args = args.to_vec();
@@ -181,28 +197,29 @@ impl DeviceProcess {
             }
             _ => None,
         };
-        Self::start(
-            name,
-            program,
-            args,
-            &all,
-            events,
-            Some(read_end),
+        let extras = Extras {
+            report: Some(read_end),
             namespaced,
-        )
+            output: Some((output, output_write)),
+        };
+        Self::start(name, program, args, &all, events, extras)
     }
 
-    /// Starts the process: plainly, or in namespaces of its own as
-    /// `namespaced` (uid, gid) outside them.
+    /// Starts the process: plainly, or as `extras` say.
     fn start(
         name: &str,
         program: &Path,
         mut args: Vec<String>,
         fds: &[BorrowedFd<'_>],
         events: VmEvents,
-        report: Option<OwnedFd>,
-        namespaced: Option<(u32, u32)>,
+        extras: Extras,
     ) -> Result<Self, DeviceProcessError> {
+        let Extras {
+            report,
+            namespaced,
+            output,
+        } = extras;
+        let stdio = output.as_ref().map(|(_, write_end)| write_end.as_fd());
         let sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
         // The monitor's own level, so that the device's first lines (what
         // it serves, with which options) are logged as the monitor's are.
@@ -221,12 +238,13 @@ impl DeviceProcess {
             let result = match launcher {
                 Some(launcher) => {
                     let binary = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    launcher.spawn(binary, args, fds, namespaces)
+                    launcher.spawn(binary, args, fds, namespaces, stdio)
                 }
                 None => {
                     let how = SpawnAs {
                         namespaces,
                         sibling: false,
+                        stdio: stdio.map(|fd| fd.as_raw_fd()),
                     };
                     crate::device_spawn::spawn(program, args, &sources, how)
                 }
@@ -267,6 +285,11 @@ impl DeviceProcess {
             None => {
                 let mut command = Command::new(program);
                 command.args(&args);
+                if let Some(fd) = stdio {
+                    let copy = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map_err(spawn_err);
+                    command.stdout(copy(fd)?).stderr(copy(fd)?);
+                    command.env_remove(ipc::logger::SYSLOG_ENV);
+                }
                 // SAFETY: the closure runs in the forked child before exec
                 // and only calls async-signal-safe functions (dup, dup2,
                 // fcntl, close) on fds the parent keeps open for the
@@ -278,6 +301,22 @@ impl DeviceProcess {
                 command.spawn().map_err(spawn_err)?.id() as libc::pid_t
             }
         };
+        if let Some((output, write_end)) = output {
+            // The device holds the write end now; the thread sees EOF once
+            // it (and anything it started) is gone.
+            drop(write_end);
+            let program = program
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| name.to_string());
+            let reader = std::fs::File::from(output);
+            let started = std::thread::Builder::new()
+                .name(format!("log-{name}"))
+                .spawn(move || ipc::log_forward::forward(&program, pid as u32, reader));
+            if let Err(e) = started {
+                log::warn!("{name}: cannot start the thread that logs its output: {e}");
+            }
+        }
         let child = Arc::new(Mutex::new(Some(pid)));
         let waiter_child = child.clone();
         let waiter_name = name.to_string();

@@ -72,6 +72,8 @@ struct Prepared {
     envp: Vec<CString>,
     sources: [RawFd; MAX_PASSED_FDS],
     count: usize,
+    /// Its stdout and stderr, or -1 to keep the caller's.
+    stdio: RawFd,
     /// Where the child writes its pid's digits: inside the NUL-terminated
     /// `VMD_LOG_PID=0000000000` entry the parent keeps alive.
     pid_digits: *mut u8,
@@ -88,6 +90,9 @@ pub struct SpawnAs {
     /// As the caller's sibling (`CLONE_PARENT`): the device launcher
     /// starts devices as children of the monitor, which reaps them.
     pub sibling: bool,
+    /// Its stdout and stderr (a pipe the monitor reads), instead of the
+    /// caller's own; its log then goes there, not to syslog.
+    pub stdio: Option<RawFd>,
 }
 
 /// Starts `program args...` with `fds` at 3, 4, ... as `how` says;
@@ -142,6 +147,7 @@ fn spawn_inner(
     }
     let envp = std::env::vars_os()
         .filter(|(k, _)| k != ipc::logger::HOST_PID_ENV)
+        .filter(|(k, _)| how.stdio.is_none() || k != ipc::logger::SYSLOG_ENV)
         .map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
@@ -166,6 +172,7 @@ fn spawn_inner(
         envp,
         sources,
         count: fds.len(),
+        stdio: how.stdio.unwrap_or(-1),
         high: fds.iter().copied().max().unwrap_or(2).max(2) + 1,
         // SAFETY: pid_digits_at + 10 digits lie inside `pid_env`.
         pid_digits: unsafe { pid_env_ptr.add(pid_digits_at) },
@@ -339,6 +346,12 @@ fn child_main(
     sys!(libc::SYS_close, go_read);
     if namespaced
         && (sys!(libc::SYS_setresgid, 0, 0, 0) != 0 || sys!(libc::SYS_setresuid, 0, 0, 0) != 0)
+    {
+        fail(errno());
+    }
+    if prepared.stdio >= 0
+        && (sys!(libc::SYS_dup2, prepared.stdio, 1) < 0
+            || sys!(libc::SYS_dup2, prepared.stdio, 2) < 0)
     {
         fail(errno());
     }

@@ -43,6 +43,8 @@ struct Request {
     args: Vec<String>,
     /// New namespaces, as this uid and gid outside them.
     namespaces: Option<(u32, u32)>,
+    /// The last fd is its stdout and stderr, not a passed fd.
+    stdio: bool,
 }
 
 /// The launcher's answer.
@@ -112,19 +114,23 @@ impl Launcher {
 
     /// Has the launcher start `binary` (a file name of
     /// [`DEVICE_BINARIES`]) with `args` and `fds` at 3, 4, ... as the
-    /// monitor's child; returns its pid.
+    /// monitor's child, with `stdio` as its stdout and stderr; returns its
+    /// pid.
     pub fn spawn(
         &self,
         binary: &str,
         args: &[String],
         fds: &[BorrowedFd<'_>],
         namespaces: Option<(u32, u32)>,
+        stdio: Option<BorrowedFd<'_>>,
     ) -> Result<libc::pid_t, SpawnError> {
         let request = Request {
             binary: binary.to_string(),
             args: args.to_vec(),
             namespaces,
+            stdio: stdio.is_some(),
         };
+        let fds: Vec<BorrowedFd<'_>> = fds.iter().copied().chain(stdio).collect();
         let broken = |e: ipc::IpcError| {
             SpawnError::from(std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
@@ -132,7 +138,7 @@ impl Launcher {
             ))
         };
         let mut channel = self.channel.lock().unwrap_or_else(|p| p.into_inner());
-        channel.send(&request, fds).map_err(broken)?;
+        channel.send(&request, &fds).map_err(broken)?;
         let (reply, _) = channel.recv::<Reply>().map_err(broken)?;
         match reply {
             Reply::Started(pid) => Ok(pid),
@@ -215,10 +221,15 @@ fn start(dir: &Path, request: &Request, fds: &[OwnedFd]) -> Reply {
         );
     }
     let program: PathBuf = dir.join(&request.binary);
-    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_fd().as_raw_fd()).collect();
+    let mut raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_fd().as_raw_fd()).collect();
+    let stdio = if request.stdio { raw.pop() } else { None };
+    if request.stdio && stdio.is_none() {
+        return failed("a stdio fd was announced but not passed".into(), None, None);
+    }
     let how = SpawnAs {
         namespaces: request.namespaces,
         sibling: true,
+        stdio,
     };
     match crate::device_spawn::spawn(&program, &request.args, &raw, how) {
         Ok(pid) => Reply::Started(pid),
