@@ -13,7 +13,10 @@
 //! (SIGSYS, which the crate's reporter turns into a message and an exit),
 //! and one per errno value that returns it for those calls (the kernel
 //! takes the strictest answer of all filters: a trap beats an errno, an
-//! errno beats an allow). The output, `$OUT_DIR/profiles.rs`, holds the
+//! errno beats an allow). A profile may instead be a denylist
+//! (`{ "comment", "deny": [rule...] }`): every call allowed but those,
+//! which trap — for the device launcher, whose filter every device it
+//! starts inherits on top of its own. The output, `$OUT_DIR/profiles.rs`, holds the
 //! programs and, for messages, tests and docs, each profile's calls.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +37,8 @@ struct Resolved {
     allow: Vec<Value>,
     /// syscall → errno number.
     errno: BTreeMap<String, u32>,
+    /// seccompiler rules of a denylist profile (`deny`), in order.
+    deny: Vec<Value>,
     /// Profiles already resolved (an include reached twice counts once).
     included: BTreeSet<String>,
 }
@@ -142,8 +147,22 @@ fn resolve(dir: &Path, name: &str, stack: &mut Vec<String>, out: &mut Resolved) 
     let obj = profile
         .as_object()
         .ok_or(format!("{what}: not an object"))?;
-    check_keys(obj, &["comment", "include", "allow", "errno"], &what)?;
+    check_keys(
+        obj,
+        &["comment", "include", "allow", "errno", "deny"],
+        &what,
+    )?;
     comment(obj, &what)?;
+    for (i, rule) in obj
+        .get("deny")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        out.deny
+            .push(allow_rule(rule, &format!("{what}, deny rule {i}"))?);
+    }
     for inc in obj
         .get("include")
         .and_then(Value::as_array)
@@ -193,8 +212,20 @@ fn resolve(dir: &Path, name: &str, stack: &mut Vec<String>, out: &mut Resolved) 
     Ok(())
 }
 
-/// The seccompiler JSON of one profile: its allowlist and errno filters.
+/// The seccompiler JSON of one profile: its allowlist and errno filters,
+/// or its denylist (which allows every call but the ones it names, and
+/// traps those).
 fn seccompiler_json(name: &str, p: &Resolved) -> Result<(Value, Vec<String>)> {
+    if !p.deny.is_empty() {
+        if !p.allow.is_empty() || !p.errno.is_empty() {
+            return Err(format!(
+                "profile {name}: a profile has a \"deny\" list or \"allow\"/\"errno\" rules, not both"
+            ));
+        }
+        let program =
+            json!({ "mismatch_action": "allow", "match_action": "trap", "filter": p.deny });
+        return Ok((json!({ name: program }), vec![name.to_string()]));
+    }
     let allowed: BTreeSet<&str> = p
         .allow
         .iter()
@@ -273,6 +304,16 @@ fn generate(dir: &Path) -> Result<String> {
         );
         let errno: Vec<(&String, &u32)> = resolved.errno.iter().collect();
         let _ = writeln!(code, "        errno: &{errno:?},");
+        let denied: BTreeSet<&str> = resolved
+            .deny
+            .iter()
+            .filter_map(|r| r.get("syscall").and_then(Value::as_str))
+            .collect();
+        let _ = writeln!(
+            code,
+            "        denied: &{:?},",
+            denied.iter().collect::<Vec<_>>()
+        );
         code.push_str("        programs: &[\n");
         for key in &order {
             let prog = bpf

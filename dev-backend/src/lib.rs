@@ -7,7 +7,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`device`] | the [`Device`] trait and [`QueueContext`] (pop, complete, notify) |
-//! | [`serve`] | [`serve_connection`] (monitor-handed socket) and [`serve_path`] (standalone, re-listens) |
+//! | [`serve`] | [`serve_connection`] (monitor-handed socket) and [`serve_path`]/[`serve_listener`] (standalone, re-listens) |
 //! | [`handler`] | the protocol handler: features, memory table, vrings, inflight fds |
 //! | [`memory`] | the memory table: regions mapped from the frontend's fds |
 //! | [`vring`] | one ring's state, its start (with inflight recovery) and stop |
@@ -58,4 +58,4 @@ pub use metrics::{Metrics, MetricsSnapshot};
 pub use process::{Connection, ConnectionArgs, Endpoint, FdError};
 pub use sandbox::SandboxArgs;
 pub use sandbox_profiles::{Profile, SandboxError};
-pub use serve::{serve_connection, serve_path, ServeError};
+pub use serve::{listen, serve_connection, serve_listener, serve_path, ServeError};

@@ -20,12 +20,12 @@
 //! ensures by refusing one fd for two purposes.
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::device::Device;
-use crate::serve::{serve_connection, serve_path, ServeError};
+use crate::serve::{serve_connection, serve_listener, ServeError};
 
 /// The vhost-user connection options, for `#[command(flatten)]`.
 ///
@@ -75,6 +75,14 @@ pub enum FdError {
         /// What it was for.
         what: &'static str,
     },
+    /// The socket to listen on could not be bound.
+    #[error("--socket {}: cannot listen there: {reason}", path.display())]
+    Listen {
+        /// The path.
+        path: PathBuf,
+        /// Why (the OS error's text).
+        reason: String,
+    },
 }
 
 /// Checks that `fd`, given with `--option`, can be a passed fd (3 or more).
@@ -120,8 +128,8 @@ impl ConnectionArgs {
 pub enum Endpoint {
     /// The inherited, connected socket.
     Stream(UnixStream),
-    /// A path to listen on.
-    Listen(PathBuf),
+    /// A socket listening at a path (bound already).
+    Listen(PathBuf, UnixListener),
 }
 
 impl Connection {
@@ -131,19 +139,25 @@ impl Connection {
             Connection::Fd(fd) => {
                 Endpoint::Stream(UnixStream::from(take_passed_fd(fd, "vhost-user socket")?))
             }
-            Connection::Listen(path) => Endpoint::Listen(path),
+            Connection::Listen(path) => {
+                let listener = crate::serve::listen(&path).map_err(|e| FdError::Listen {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                Endpoint::Listen(path, listener)
+            }
         })
     }
 }
 
 impl Endpoint {
     /// Serves `device`: on the stream until the frontend hangs up
-    /// ([`serve_connection`]), or on the path forever ([`serve_path`],
-    /// which returns only errors).
+    /// ([`serve_connection`]), or on the listening socket forever
+    /// ([`serve_listener`], which returns only errors).
     pub fn serve<D: Device>(self, device: Arc<D>) -> Result<(), ServeError> {
         match self {
             Endpoint::Stream(stream) => serve_connection(stream, device),
-            Endpoint::Listen(path) => serve_path(&path, device),
+            Endpoint::Listen(path, listener) => serve_listener(&listener, &path, device),
         }
     }
 }

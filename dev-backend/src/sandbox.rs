@@ -5,8 +5,9 @@
 //! Under the monitor a device is always sandboxed unless `--no-sandbox`
 //! is given, which the monitor passes only when vmd was asked by root to
 //! run that VM's devices unsandboxed (logged loudly at both ends).
-//! Standalone (`--socket PATH`, for other frontends) it listens by path
-//! and is not sandboxed: it says so at start.
+//! Standalone (`--socket PATH`, for other frontends) it binds its socket,
+//! then enters the same sandbox but the empty root (nobody started it in
+//! namespaces of its own), its profile allowing `accept4` besides.
 
 use sandbox_profiles::{Limits, Options, Profile, SandboxError};
 
@@ -66,17 +67,22 @@ impl SandboxArgs {
         Ok(())
     }
 
-    /// Enters `profile` before serving on `endpoint`: only an inherited
-    /// connection (under the monitor); standalone it says it is not.
+    /// Enters `profile` before serving on `endpoint`: under the monitor
+    /// on its inherited connection; standalone, once its socket is bound,
+    /// the profile with `listening` added (accepting on that socket).
     pub fn enter_for(&self, endpoint: &Endpoint, profile: Profile) -> Result<(), SandboxError> {
         match endpoint {
             Endpoint::Stream(_) => self.enter(profile),
-            Endpoint::Listen(path) => {
-                log::warn!(
-                    "standalone on {}: not sandboxed (it listens by path)",
-                    path.display()
-                );
-                Ok(())
+            Endpoint::Listen(..) => {
+                // SAFETY: geteuid has no preconditions.
+                let root = unsafe { libc::geteuid() } == 0;
+                if root && self.sandbox_user.is_none() && !self.no_sandbox {
+                    log::warn!(
+                        "standalone as root without --sandbox-user: it keeps uid 0 (with no \
+                         capability)"
+                    );
+                }
+                self.enter(profile.standalone())
             }
         }
     }

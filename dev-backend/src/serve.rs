@@ -4,17 +4,19 @@
 //! process and returns when the frontend disconnects (the process then
 //! exits; the monitor decides about restarts). [`serve_path`] listens on a
 //! path for standalone use with other frontends (QEMU, Cloud Hypervisor)
-//! and listens again after each disconnect.
+//! and listens again after each disconnect; [`serve_listener`] does the
+//! same on a socket bound already ([`listen`]), as a sandboxed standalone
+//! device does.
 
 use std::mem;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use log::{debug, info, warn};
 use vhost::vhost_user::message::FrontendReq;
-use vhost::vhost_user::{BackendReqHandler, Error as VuError, Listener};
+use vhost::vhost_user::{BackendReqHandler, Error as VuError};
 
 use crate::config::ConfigNotifier;
 use crate::device::Device;
@@ -32,7 +34,7 @@ pub enum ServeError {
     Protocol(#[source] VuError),
     /// The listening socket failed.
     #[error("listening on the vhost-user socket")]
-    Listen(#[source] VuError),
+    Listen(#[source] std::io::Error),
 }
 
 /// Serves `device` on a connected socket until the frontend disconnects.
@@ -63,13 +65,43 @@ pub fn serve_connection<D: Device>(stream: UnixStream, device: Arc<D>) -> Result
     result
 }
 
+/// Binds a listening socket at `path`, replacing a stale socket there
+/// (never a file of another kind).
+pub fn listen(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket",
+            ))
+        }
+        Err(_) => {}
+    }
+    UnixListener::bind(path)
+}
+
 /// Listens on `path` and serves one frontend at a time, forever; returns
 /// only when the listening socket fails.
 pub fn serve_path<D: Device>(path: &Path, device: Arc<D>) -> Result<(), ServeError> {
-    let listener = Listener::new(path, true).map_err(ServeError::Listen)?;
+    let listener = listen(path).map_err(ServeError::Listen)?;
+    serve_listener(&listener, path, device)
+}
+
+/// Serves one frontend at a time from `listener` (bound at `path`),
+/// forever; returns only when accepting fails. Takes no path and makes no
+/// socket: a sandboxed device (profile `*_standalone`) may run it.
+pub fn serve_listener<D: Device>(
+    listener: &UnixListener,
+    path: &Path,
+    device: Arc<D>,
+) -> Result<(), ServeError> {
     loop {
-        let Some(stream) = listener.accept().map_err(ServeError::Listen)? else {
-            continue;
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ServeError::Listen(e)),
         };
         info!(
             "{}: frontend connected on {}",

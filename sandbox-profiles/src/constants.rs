@@ -26,6 +26,8 @@ pub const CONSTANTS: &[(&str, u64)] = &[
     ("F_ADD_SEALS", 1033),
     // <asm-generic/socket.h>
     ("SOL_SOCKET", 1),
+    ("SO_TYPE", 3),
+    ("SO_DOMAIN", 39),
     // <linux/falloc.h>: KEEP_SIZE 0x01, PUNCH_HOLE 0x02, ZERO_RANGE 0x10
     ("FALLOC_FL_PUNCH_HOLE_KEEP_SIZE", 0x03),
     ("FALLOC_FL_ZERO_RANGE", 0x10),

@@ -60,6 +60,8 @@ mod generated {
         pub allowed: &'static [&'static str],
         /// The system calls that fail with an errno instead: (name, errno).
         pub errno: &'static [(&'static str, u32)],
+        /// A denylist profile's calls (it allows every other one).
+        pub denied: &'static [&'static str],
         /// The BPF programs to install in this order: the errno filters,
         /// then the allowlist (last: it traps the calls that install one).
         pub programs: &'static [&'static [Instruction]],
@@ -79,8 +81,16 @@ pub enum Profile {
     DevNet,
     /// dev-console.
     DevConsole,
+    /// dev-block run standalone (`--socket PATH`).
+    DevBlockStandalone,
+    /// dev-net run standalone.
+    DevNetStandalone,
+    /// dev-console run standalone.
+    DevConsoleStandalone,
     /// The monitor, all its threads ([`enter_monitor`]).
     Monitor,
+    /// The monitor's device launcher ([`enter_launcher`]): a denylist.
+    Launcher,
     /// A vCPU thread of the monitor ([`enter_thread`]).
     MonitorVcpu,
 }
@@ -92,8 +102,23 @@ impl Profile {
             Self::DevBlock => "dev_block",
             Self::DevNet => "dev_net",
             Self::DevConsole => "dev_console",
+            Self::DevBlockStandalone => "dev_block_standalone",
+            Self::DevNetStandalone => "dev_net_standalone",
+            Self::DevConsoleStandalone => "dev_console_standalone",
             Self::Monitor => "monitor",
+            Self::Launcher => "launcher",
             Self::MonitorVcpu => "monitor_vcpu",
+        }
+    }
+
+    /// The profile of this device run standalone (`--socket PATH`): its
+    /// own and `listening`. Other profiles are their own.
+    pub fn standalone(self) -> Self {
+        match self {
+            Self::DevBlock => Self::DevBlockStandalone,
+            Self::DevNet => Self::DevNetStandalone,
+            Self::DevConsole => Self::DevConsoleStandalone,
+            other => other,
         }
     }
 
@@ -253,6 +278,18 @@ pub fn enter_monitor() -> Result<(), SandboxError> {
     }
     report::install(name, None).map_err(|source| SandboxError::Reporter {
         profile: name,
+        source,
+    })?;
+    install_filters(profile.compiled())
+}
+
+/// Filters a monitor's device launcher with the `launcher` denylist
+/// (every device it starts inherits it, beneath the device's own
+/// profile, from its first instruction), after the SIGSYS reporter.
+pub fn enter_launcher() -> Result<(), SandboxError> {
+    let profile = Profile::Launcher;
+    report::install(profile.name(), None).map_err(|source| SandboxError::Reporter {
+        profile: profile.name(),
         source,
     })?;
     install_filters(profile.compiled())

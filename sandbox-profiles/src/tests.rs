@@ -106,6 +106,8 @@ fn named_constants_have_the_kernel_values() {
         ("F_DUPFD_CLOEXEC", libc::F_DUPFD_CLOEXEC as u64),
         ("F_ADD_SEALS", libc::F_ADD_SEALS as u64),
         ("SOL_SOCKET", libc::SOL_SOCKET as u64),
+        ("SO_TYPE", libc::SO_TYPE as u64),
+        ("SO_DOMAIN", libc::SO_DOMAIN as u64),
         (
             "FALLOC_FL_PUNCH_HOLE_KEEP_SIZE",
             (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64,
@@ -322,6 +324,52 @@ fn opening_a_path_fails_with_enoent_and_executable_memory_is_refused() {
     assert!(report.contains("made syscall mmap (9)"), "{report}");
 }
 
+/// The launcher's denylist sits beneath every device's own profile for
+/// the device's whole life: it must deny nothing a device profile allows
+/// (or makes fail with an errno), and it must deny what no process of a
+/// VM needs.
+#[test]
+fn the_launcher_denies_nothing_a_device_uses_and_what_none_needs() {
+    let launcher = Profile::Launcher.compiled();
+    assert!(launcher.allowed.is_empty() && launcher.errno.is_empty());
+    for device in [Profile::DevBlock, Profile::DevNet, Profile::DevConsole] {
+        let p = device.compiled();
+        for call in p.allowed.iter().chain(p.errno.iter().map(|(c, _)| c)) {
+            assert!(
+                !launcher.denied.contains(call),
+                "the launcher denies {call}, which {} uses",
+                p.name
+            );
+        }
+    }
+    // What a device does before its own filter, and the launcher itself:
+    // the dynamic loader opens libraries, the empty root is mounted, the
+    // child takes root in its namespace and executes the device.
+    let needed_before_its_filter = [
+        "openat",
+        "open",
+        "mount",
+        "umount2",
+        "pivot_root",
+        "setresuid",
+        "capset",
+        "execve",
+        "kill",
+        "tgkill",
+        "tkill",
+        "setuid",
+        "setgid",
+    ];
+    for call in NEVER {
+        if !needed_before_its_filter.contains(call) {
+            assert!(launcher.denied.contains(call), "the launcher allows {call}");
+        }
+    }
+    for call in launcher.denied {
+        assert!(syscall_names::number(call).is_some(), "{call}");
+    }
+}
+
 /// docs/security.md lists each profile's calls with their reasons and the
 /// counts: it must say what the profiles say.
 #[test]
@@ -349,8 +397,9 @@ fn docs_security_md_matches_the_profiles() {
     for p in all() {
         let own = rows(&section(p.name));
         for call in &own {
-            let known =
-                p.allowed.contains(&call.as_str()) || p.errno.iter().any(|(c, _)| c == call);
+            let known = p.allowed.contains(&call.as_str())
+                || p.errno.iter().any(|(c, _)| c == call)
+                || p.denied.contains(&call.as_str());
             assert!(
                 known,
                 "docs/security.md lists {call} under {} but the profile has it not",
@@ -358,7 +407,8 @@ fn docs_security_md_matches_the_profiles() {
             );
         }
         let everywhere = rows(&doc);
-        for call in p.allowed.iter().chain(p.errno.iter().map(|(c, _)| c)) {
+        let listed = p.allowed.iter().chain(p.errno.iter().map(|(c, _)| c));
+        for call in listed.chain(p.denied.iter()) {
             assert!(
                 everywhere.iter().any(|c| c == call),
                 "{}: {call} is not in docs/security.md",

@@ -373,10 +373,26 @@ fn dev_block_standalone_serves_qemu_as_frontend() {
         "{console}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The standalone backend outlives its frontend and listens again.
+    // The standalone backend outlives its frontend and listens again,
+    // sandboxed all along (its profile plus accepting on its socket).
     assert!(
         backend.0.try_wait().unwrap().is_none(),
         "dev-block still serves"
+    );
+    let pid = backend.0.id();
+    assert_eq!(
+        vmd_tests::vmd::status_field(pid, "Seccomp"),
+        "2",
+        "standalone dev-block"
+    );
+    assert_eq!(vmd_tests::vmd::status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(
+        vmd_tests::vmd::status_field(pid, "CapEff"),
+        "0000000000000000"
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "it accepts the next frontend"
     );
 }
 

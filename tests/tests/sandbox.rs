@@ -405,6 +405,25 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
             comm.trim()
         );
     }
+    // The monitor holds what vmd passed (/dev/kvm, the kernel, the disk,
+    // the console's pty) and what it made (KVM's, eventfds, memfds,
+    // sockets, pipes); no path it opened itself. (fds 0-2 are vmd's log.)
+    for entry in std::fs::read_dir(format!("/proc/{monitor}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let fd: u32 = entry.file_name().to_string_lossy().parse().unwrap();
+        if fd <= 2 {
+            continue;
+        }
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        let t = target.to_string_lossy();
+        let expected = ["anon_inode:", "socket:", "pipe:", "/memfd:", "/dev/pts/"]
+            .iter()
+            .any(|p| t.starts_with(p))
+            || ["/dev/kvm", "/dev/null", "/dev/ptmx"].contains(&t.as_ref())
+            || target == disk
+            || target == Path::new(vmd_tests::TEST_GUEST);
+        assert!(expected, "the monitor holds {t}");
+    }
     let launcher = children_named(monitor, "vmm-monitor");
     assert_eq!(launcher.len(), 1, "the monitor's device launcher");
     let launcher_status = |key| vmd_tests::vmd::status_field(launcher[0], key);
@@ -415,6 +434,7 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
         "the launcher"
     );
     assert_eq!(launcher_status("NoNewPrivs"), "1", "the launcher");
+    assert_eq!(launcher_status("Seccomp"), "2", "the launcher's denylist");
     // Its vCPU threads run under their own profile (monitor_vcpu).
     let mut vcpus = 0;
     for task in std::fs::read_dir(format!("/proc/{monitor}/task")).unwrap() {

@@ -2,8 +2,11 @@
 //! device processes, so that the monitor itself never needs the calls
 //! that starting one takes (clone into new namespaces, exec) and can run
 //! under its own narrow seccomp profile and landlock domain. A process's
-//! seccomp filters and landlock domain pass to the processes it starts;
-//! the launcher has neither, so a device gets only its own.
+//! seccomp filters and landlock domain pass to the processes it starts:
+//! the launcher has no landlock domain (a landlocked process may not
+//! mount, and a device builds its empty root) and only a denylist filter
+//! (`launcher`: what neither it nor any device ever needs), so a device
+//! is bound by its own profile.
 //!
 //! The monitor starts it first thing ([`Launcher::start`]: its own binary
 //! again, `--launcher-fd 3`), before it confines itself. Each request
@@ -179,6 +182,12 @@ pub fn serve(fd: RawFd) -> i32 {
             return crate::exit::EXIT_HOST_ERROR;
         }
     };
+    // Its filter passes to every device it starts, beneath the device's
+    // own: a denylist of what neither needs (sandbox-profiles' launcher).
+    if let Err(e) = sandbox_profiles::enter_launcher() {
+        log::error!("device launcher: {}", ipc::error_chain(&e));
+        return crate::exit::EXIT_HOST_ERROR;
+    }
     let dir = match std::env::current_exe() {
         Ok(exe) => exe.parent().map(Path::to_owned).unwrap_or_default(),
         Err(e) => {
