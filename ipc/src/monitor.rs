@@ -28,6 +28,9 @@ pub use crate::control::DiskFormat;
 
 /// The fd number the monitor finds its first vmd connection at.
 pub const CONTROL_FD: i32 = 3;
+/// The fd a sandboxed monitor finds the pipe its SIGSYS reporter writes
+/// to (vmd reads it when the monitor has ended).
+pub const REPORT_FD: i32 = 4;
 
 /// A log level as carried in messages (absolute, unlike SIGUSR1/SIGUSR2 steps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

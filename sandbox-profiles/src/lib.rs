@@ -258,10 +258,11 @@ pub fn enter(profile: Profile, options: &Options) -> Result<(), SandboxError> {
 /// Confines a monitor once its device launcher runs (the launcher, not
 /// the monitor, starts processes): a landlock domain that grants no path
 /// and no TCP port ([`landlock_domain::deny_all_but_signals`]), then the
-/// SIGSYS reporter and the `monitor` profile on every thread. vCPU
+/// SIGSYS reporter (writing to stderr and `report_fd`, which vmd reads)
+/// and the `monitor` profile on every thread. vCPU
 /// threads started later narrow it with [`enter_thread`]. The process has
 /// no_new_privs already (vmd starts it so) or seccompiler sets it.
-pub fn enter_monitor() -> Result<(), SandboxError> {
+pub fn enter_monitor(report_fd: Option<RawFd>) -> Result<(), SandboxError> {
     let profile = Profile::Monitor;
     let name = profile.name();
     match landlock_domain::deny_all_but_signals() {
@@ -276,7 +277,7 @@ pub fn enter_monitor() -> Result<(), SandboxError> {
             })
         }
     }
-    report::install(name, None).map_err(|source| SandboxError::Reporter {
+    report::install(name, report_fd).map_err(|source| SandboxError::Reporter {
         profile: name,
         source,
     })?;

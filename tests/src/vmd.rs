@@ -93,6 +93,8 @@ pub struct Vmd {
     child: Option<Child>,
     conf: PathBuf,
     netns: Option<String>,
+    /// Extra environment of vmd (and so of its monitors).
+    env: Vec<(String, String)>,
 }
 
 impl Vmd {
@@ -106,6 +108,26 @@ impl Vmd {
             child: None,
             conf,
             netns: None,
+            env: Vec::new(),
+        };
+        vmd.restart();
+        vmd
+    }
+
+    /// [`Vmd::start`] with `env` added to vmd's environment (which its
+    /// monitors inherit).
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        let conf = dir.join("vm.conf");
+        std::fs::write(&conf, config).expect("write vm.conf");
+        let mut vmd = Self {
+            dir: dir.to_path_buf(),
+            child: None,
+            conf,
+            netns: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         vmd.restart();
         vmd
@@ -121,6 +143,7 @@ impl Vmd {
             child: None,
             conf,
             netns: Some(netns.to_string()),
+            env: Vec::new(),
         };
         vmd.restart();
         vmd
@@ -155,6 +178,7 @@ impl Vmd {
             .args(["-d", "-vv", "-f"])
             .arg(&self.conf)
             .env("VMD_SOCKET", self.socket())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)

@@ -453,3 +453,41 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
     assert_eq!(vcpus, 1, "the VM's one vCPU thread");
     vmd.vmctl(&["stop", "-f", "-w", "box"]).ok();
 }
+
+/// A call the monitor's profile refuses ends the monitor, and vmd reports
+/// the VM's end with the call by name (from the monitor's report pipe).
+#[test]
+fn a_monitor_making_a_refused_call_is_stopped_and_vmd_names_the_call() {
+    let test = "a_monitor_making_a_refused_call_is_stopped_and_vmd_names_the_call";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        loud(&format!(
+            "SKIPPED {test}: vmd sandboxes monitors only as root"
+        ));
+        return;
+    }
+    let scratch = Scratch::new("sandbox-monitor-trap");
+    let config = format!(
+        "vm \"trap\" {{\n boot \"{}\"\n memory 64M\n cmdline \"test=ticker ms=500\"\n}}\n",
+        vmd_tests::TEST_GUEST
+    );
+    let dir = scratch.path("vmd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let vmd = Vmd::start_with_env(&dir, &config, &[("VMD_MONITOR_SANDBOX_SELFTEST", "socket")]);
+    let _ = vmd.vmctl(&["start", "trap"]);
+    vmd.wait_log("made syscall socket (41)", 1, Duration::from_secs(30));
+    let log = vmd.log();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("vmd[") && l.contains("made syscall socket (41)"))
+        .unwrap_or_else(|| panic!("vmd names the call:\n{log}"));
+    assert!(
+        line.contains("sandbox: profile monitor: thread ") && line.contains("status 159"),
+        "{line}"
+    );
+    let row = vmd.wait_state("trap", "stopped", Duration::from_secs(10));
+    assert_eq!(row.pid, "-", "{row:?}");
+}

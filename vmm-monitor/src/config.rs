@@ -31,6 +31,10 @@ pub struct Cli {
     /// N (see `ipc::monitor`) instead of from this command line.
     #[arg(long, value_name = "N", conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "cpus", "disk"])]
     pub control_fd: Option<i32>,
+    /// Control mode: the pipe its sandbox's SIGSYS reporter writes to
+    /// (vmd reads it once the monitor has ended).
+    #[arg(long, value_name = "FD", requires = "control_fd")]
+    pub report_fd: Option<i32>,
     /// The device launcher a monitor in control mode starts (its
     /// connection at fd N): see `vmm_monitor::launcher`.
     #[arg(long, value_name = "N", hide = true, conflicts_with_all = ["kernel", "control_fd"])]

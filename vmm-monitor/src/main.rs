@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         return ExitCode::from(vmm_monitor::launcher::serve(fd) as u8);
     }
     if let Some(fd) = cli.control_fd {
-        return ExitCode::from(control::run(fd) as u8);
+        return ExitCode::from(control::run(fd, cli.report_fd) as u8);
     }
     let code = match run(cli) {
         Ok(event) => {

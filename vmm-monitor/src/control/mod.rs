@@ -107,8 +107,13 @@ impl Machine {
 }
 
 /// Runs control mode on the vmd connection at `fd`; returns the exit code.
-pub fn run(fd: RawFd) -> i32 {
+pub fn run(fd: RawFd, report_fd: Option<RawFd>) -> i32 {
     ignore_terminal_signals();
+    if let Some(report) = report_fd {
+        // Ours alone: neither the launcher nor a device inherits it.
+        // SAFETY: F_SETFD on a passed fd; no memory is touched.
+        unsafe { libc::fcntl(report, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
     let stream = match take_socket(fd) {
         Ok(s) => s,
         Err(e) => {
@@ -128,7 +133,7 @@ pub fn run(fd: RawFd) -> i32 {
         plan.record.id
     );
     if !plan.config.sandbox.off {
-        if let Err(e) = confine() {
+        if let Err(e) = confine(report_fd) {
             return fail(&mut chan, &e);
         }
     }
@@ -242,10 +247,13 @@ pub(crate) fn take_socket(fd: RawFd) -> Result<UnixStream, ControlError> {
     Ok(UnixStream::from(fd))
 }
 
+/// Test only: a call the monitor tries once confined (see [`confine`]).
+pub const SELFTEST_ENV: &str = "VMD_MONITOR_SANDBOX_SELFTEST";
+
 /// Starts the device launcher, then confines the monitor for good
 /// (`sandbox_profiles::enter_monitor`): from here on it opens no path,
 /// starts no process and reaches no network, on every thread.
-fn confine() -> Result<(), String> {
+fn confine(report_fd: Option<RawFd>) -> Result<(), String> {
     let launcher = crate::launcher::Launcher::start()
         .map_err(|e| format!("cannot start the device launcher: {e}"))?;
     log::info!("device launcher running as pid {}", launcher.pid());
@@ -254,8 +262,16 @@ fn confine() -> Result<(), String> {
     for binary in crate::launcher::DEVICE_BINARIES {
         let _ = crate::device_proc::sibling_binary(binary);
     }
-    sandbox_profiles::enter_monitor().map_err(|e| ipc::error_chain(&e))?;
+    sandbox_profiles::enter_monitor(report_fd).map_err(|e| ipc::error_chain(&e))?;
     log::info!("sandboxed: profile monitor");
+    // Test only: try a call the profile refuses (as a device's
+    // --sandbox-selftest), so a test can watch vmd report it.
+    if let Some(call) = std::env::var_os(SELFTEST_ENV) {
+        let call = call.to_string_lossy();
+        if let Err(e) = sandbox_profiles::selftest::attempt(&call) {
+            log::error!("sandbox self-test: {call} refused: {e}");
+        }
+    }
     Ok(())
 }
 

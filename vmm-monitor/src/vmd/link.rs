@@ -9,7 +9,7 @@
 //! callback. A re-adopted monitor (see `adopt`) gets the same link, without
 //! a child to reap.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -176,10 +176,20 @@ pub fn spawn_monitor(
     let source = theirs.as_raw_fd();
     let user = launch.sandbox_user;
     let root = user.map(|_| monitor_root(program)).transpose()?;
+    // Where a sandboxed monitor's SIGSYS reporter writes; read once it ended.
+    let report = if launch.sandbox_off {
+        None
+    } else {
+        Some(report_pipe().map_err(LinkError::Spawn)?)
+    };
+    let report_source = report.as_ref().map(|(_, write_end)| write_end.as_raw_fd());
     let mut command = Command::new(program);
     command
         .args(["--control-fd", &ipc::monitor::CONTROL_FD.to_string()])
         .stdin(Stdio::null());
+    if report.is_some() {
+        command.args(["--report-fd", &ipc::monitor::REPORT_FD.to_string()]);
+    }
     // SAFETY: the closure runs in the forked child before exec and calls
     // only async-signal-safe functions (sigemptyset, sigprocmask, setsid,
     // dup2, close_range, unshare, mount, mkdir, open, close, chdir,
@@ -200,12 +210,21 @@ pub fn spawn_monitor(
             if libc::dup2(source, ipc::monitor::CONTROL_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Only the control socket crosses: no fd vmd holds for
-            // another VM (a pty, a tap, a disk) may leak into this one.
-            // Marked close-on-exec rather than closed, so that std's own
-            // exec-error pipe still works.
+            let mut last = ipc::monitor::CONTROL_FD;
+            if let Some(report) = report_source {
+                // report_pipe() put it above REPORT_FD: the dup2 above
+                // cannot have replaced it.
+                if libc::dup2(report, ipc::monitor::REPORT_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                last = ipc::monitor::REPORT_FD;
+            }
+            // Only the control socket (and the report pipe) cross: no fd
+            // vmd holds for another VM (a pty, a tap, a disk) may leak
+            // into this one. Marked close-on-exec rather than closed, so
+            // that std's own exec-error pipe still works.
             libc::close_range(
-                (ipc::monitor::CONTROL_FD + 1) as libc::c_uint,
+                (last + 1) as libc::c_uint,
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
             );
@@ -229,6 +248,7 @@ pub fn spawn_monitor(
     }
     let mut child = command.spawn().map_err(LinkError::Spawn)?;
     drop(theirs);
+    let report = report.map(|(read_end, _)| read_end);
     ours.set_read_timeout(Some(START_TIMEOUT))
         .map_err(LinkError::Spawn)?;
     match send_launch(&mut ours, &launch, &files) {
@@ -248,13 +268,49 @@ pub fn spawn_monitor(
             ))
         }
         Err(ipc::IpcError::Closed) => {
-            let how = exit_text(&mut child);
+            let how = with_report(exit_text(&mut child), report);
             return Err(LinkError::Failed(how));
         }
         Err(e) => return Err(abandon(&mut child, e.into())),
     };
     ours.set_read_timeout(None).map_err(LinkError::Spawn)?;
-    start_link(ours, pid, Some(child), on_event)
+    start_link(ours, pid, Some((child, report)), on_event)
+}
+
+/// A close-on-exec pipe whose write end is numbered above
+/// [`ipc::monitor::REPORT_FD`]: (read end, write end).
+fn report_pipe() -> std::io::Result<(std::fs::File, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both were just created and nothing else owns them.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: F_DUPFD_CLOEXEC on an fd this function owns.
+    let high = unsafe {
+        libc::fcntl(
+            write_end.as_raw_fd(),
+            libc::F_DUPFD_CLOEXEC,
+            ipc::monitor::REPORT_FD + 1,
+        )
+    };
+    if high < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fcntl just returned this new fd, owned by nobody else.
+    let write_end = unsafe { OwnedFd::from_raw_fd(high) };
+    Ok((std::fs::File::from(read_end), write_end))
+}
+
+/// `how` the monitor ended, with its sandbox's report if it wrote one
+/// (a call its profile refused).
+fn with_report(how: String, report: Option<std::fs::File>) -> String {
+    match report.and_then(|file| sandbox_profiles::read_report(&OwnedFd::from(file))) {
+        Some(line) => format!("{how}: {line}"),
+        None => how,
+    }
 }
 
 /// The link to an already running monitor reached through `channel`.
@@ -287,7 +343,7 @@ pub fn hello(channel: &mut Channel) -> Result<(VmRecord, u32, bool), LinkError> 
 fn start_link(
     channel: Channel,
     pid: u32,
-    child: Option<Child>,
+    child: Option<(Child, Option<std::fs::File>)>,
     on_event: Box<dyn Fn(MonitorEvent) + Send>,
 ) -> Result<Arc<MonitorLink>, LinkError> {
     let reader = Channel::new(channel.stream().try_clone().map_err(LinkError::Spawn)?);
@@ -307,9 +363,13 @@ fn start_link(
 fn read_events(
     mut reader: Channel,
     replies: Sender<FromMonitor>,
-    mut child: Option<Child>,
+    child: Option<(Child, Option<std::fs::File>)>,
     on_event: Box<dyn Fn(MonitorEvent) + Send>,
 ) {
+    let (mut child, report) = match child {
+        Some((child, report)) => (Some(child), report),
+        None => (None, None),
+    };
     let mut exited = None;
     loop {
         match reader.recv::<FromMonitor>() {
@@ -332,7 +392,7 @@ fn read_events(
             reason
         }
         (Some(reason), None) => reason,
-        (None, Some(child)) => exit_text(child),
+        (None, Some(child)) => with_report(exit_text(child), report),
         (None, None) => "the monitor's connection closed".into(),
     };
     on_event(MonitorEvent::Exited(how));
