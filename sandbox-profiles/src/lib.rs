@@ -236,23 +236,31 @@ pub fn enter(profile: Profile, options: &Options) -> Result<(), SandboxError> {
     }
     privileges::drop_capabilities().map_err(privileges)?;
     privileges::no_new_privs().map_err(privileges)?;
-    match landlock_domain::deny_everything() {
-        Ok(landlock_domain::Enforcement::Full) => {}
-        Ok(partial) => {
-            log::warn!("profile {name}: landlock enforcement is {partial:?} on this kernel")
-        }
-        Err(source) => {
-            return Err(SandboxError::Landlock {
-                profile: name,
-                source,
-            })
-        }
-    }
+    landlock(name, landlock_domain::deny_everything())?;
     report::install(name, options.report_fd).map_err(|source| SandboxError::Reporter {
         profile: name,
         source,
     })?;
     install_filters(profile.compiled())
+}
+
+/// How a landlock domain was entered: logged if this kernel enforces
+/// only part of it, an error if it refused it.
+fn landlock(
+    name: &'static str,
+    entered: Result<landlock_domain::Enforcement, landlock_domain::LandlockError>,
+) -> Result<(), SandboxError> {
+    match entered {
+        Ok(landlock_domain::Enforcement::Full) => Ok(()),
+        Ok(partial) => {
+            log::warn!("profile {name}: landlock enforcement is {partial:?} on this kernel");
+            Ok(())
+        }
+        Err(source) => Err(SandboxError::Landlock {
+            profile: name,
+            source,
+        }),
+    }
 }
 
 /// Confines a monitor once its device launcher runs (the launcher, not
@@ -265,18 +273,7 @@ pub fn enter(profile: Profile, options: &Options) -> Result<(), SandboxError> {
 pub fn enter_monitor(report_fd: Option<RawFd>) -> Result<(), SandboxError> {
     let profile = Profile::Monitor;
     let name = profile.name();
-    match landlock_domain::deny_all_but_signals() {
-        Ok(landlock_domain::Enforcement::Full) => {}
-        Ok(partial) => {
-            log::warn!("profile {name}: landlock enforcement is {partial:?} on this kernel")
-        }
-        Err(source) => {
-            return Err(SandboxError::Landlock {
-                profile: name,
-                source,
-            })
-        }
-    }
+    landlock(name, landlock_domain::deny_all_but_signals())?;
     report::install(name, report_fd).map_err(|source| SandboxError::Reporter {
         profile: name,
         source,

@@ -101,49 +101,33 @@ impl Vmd {
     /// Writes `config` to `dir/vm.conf` and starts vmd on it in the
     /// foreground, its socket `dir/run/vmd.sock`, its log `dir/vmd.log`.
     pub fn start(dir: &Path, config: &str) -> Self {
-        let conf = dir.join("vm.conf");
-        std::fs::write(&conf, config).expect("write vm.conf");
-        let mut vmd = Self {
-            dir: dir.to_path_buf(),
-            child: None,
-            conf,
-            netns: None,
-            env: Vec::new(),
-        };
-        vmd.restart();
-        vmd
-    }
-
-    /// [`Vmd::start`] with `env` added to vmd's environment (which its
-    /// monitors inherit).
-    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
-        let conf = dir.join("vm.conf");
-        std::fs::write(&conf, config).expect("write vm.conf");
-        let mut vmd = Self {
-            dir: dir.to_path_buf(),
-            child: None,
-            conf,
-            netns: None,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        vmd.restart();
-        vmd
+        Self::launch(dir, config, None, &[])
     }
 
     /// [`Vmd::start`] inside network namespace `netns` (`ip netns exec`):
     /// the taps it makes live there.
     pub fn start_in_netns(dir: &Path, config: &str, netns: &str) -> Self {
+        Self::launch(dir, config, Some(netns), &[])
+    }
+
+    /// [`Vmd::start`] with `env` added to vmd's environment (which its
+    /// monitors inherit).
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(dir, config, None, env)
+    }
+
+    fn launch(dir: &Path, config: &str, netns: Option<&str>, env: &[(&str, &str)]) -> Self {
         let conf = dir.join("vm.conf");
         std::fs::write(&conf, config).expect("write vm.conf");
         let mut vmd = Self {
             dir: dir.to_path_buf(),
             child: None,
             conf,
-            netns: Some(netns.to_string()),
-            env: Vec::new(),
+            netns: netns.map(str::to_string),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         vmd.restart();
         vmd
@@ -385,6 +369,21 @@ pub fn children_named(pid: u32, comm: &str) -> Vec<u32> {
             std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == comm)
         })
         .collect()
+}
+
+/// What process `pid` holds past stdio: (fd, what it points at).
+pub fn fds_past_stdio(pid: u32) -> Vec<(u32, PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|entry| {
+                let entry = entry.ok()?;
+                let fd: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let target = std::fs::read_link(entry.path()).unwrap_or_default();
+                (fd > 2).then_some((fd, target))
+            })
+            .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Panics unless process `pid` (named `what` in messages) is sandboxed as

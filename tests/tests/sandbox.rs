@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vmd_tests::vmd::{assert_sandboxed, binary, children_named, Vmd};
+use vmd_tests::vmd::{assert_sandboxed, binary, children_named, fds_past_stdio, Vmd};
 use vmd_tests::{kvm_or_skip, loud, Scratch};
 
 /// Exit status of a process its sandbox stopped (128 + SIGSYS).
@@ -303,13 +303,7 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
         // Every fd past stdio: what was passed
         // and what it made itself (eventfds, epoll sets, sockets, the
         // inflight memfd); no path but the disk image.
-        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
-            let entry = entry.unwrap();
-            let fd: u32 = entry.file_name().to_string_lossy().parse().unwrap();
-            if fd <= 2 {
-                continue;
-            }
-            let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        for (_, target) in fds_past_stdio(pid) {
             let t = target.to_string_lossy();
             let expected = t.starts_with("anon_inode:")
                 || t.starts_with("socket:")
@@ -408,13 +402,7 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
     // The monitor holds what vmd passed (/dev/kvm, the kernel, the disk,
     // the console's pty) and what it made (KVM's, eventfds, memfds,
     // sockets, pipes); no path it opened itself. (fds 0-2 are vmd's log.)
-    for entry in std::fs::read_dir(format!("/proc/{monitor}/fd")).unwrap() {
-        let entry = entry.unwrap();
-        let fd: u32 = entry.file_name().to_string_lossy().parse().unwrap();
-        if fd <= 2 {
-            continue;
-        }
-        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+    for (_, target) in fds_past_stdio(monitor) {
         let t = target.to_string_lossy();
         let expected = ["anon_inode:", "socket:", "pipe:", "/memfd:", "/dev/pts/"]
             .iter()
