@@ -36,11 +36,11 @@ pub const QUEUE_MAX_SIZE: u16 = 256;
 ///   VHOST_USER_GET_CONFIG: "The vhost-user front-end may cache the
 ///   contents"), patched by each successful SET_CONFIG.
 pub struct VhostUserDevice {
-    name: String,
-    device_type: u32,
-    frontend: Frontend,
-    config: Vec<u8>,
-    state: NegotiatedState,
+    pub(super) name: String,
+    pub(super) device_type: u32,
+    pub(super) frontend: Frontend,
+    pub(super) config: Vec<u8>,
+    pub(super) state: NegotiatedState,
 }
 
 impl std::fmt::Debug for VhostUserDevice {
@@ -57,12 +57,15 @@ impl std::fmt::Debug for VhostUserDevice {
 pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Shuts a socket down unless disarmed within its timeout.
-struct Watchdog {
+pub(super) struct Watchdog {
     disarm: Option<crossbeam_channel::Sender<()>>,
 }
 
 impl Watchdog {
-    fn start(socket: &UnixStream, timeout: std::time::Duration) -> std::io::Result<Self> {
+    pub(super) fn start(
+        socket: &UnixStream,
+        timeout: std::time::Duration,
+    ) -> std::io::Result<Self> {
         let victim = socket.try_clone()?;
         let (tx, rx) = crossbeam_channel::bounded::<()>(1);
         std::thread::Builder::new()
@@ -80,11 +83,70 @@ impl Watchdog {
     }
 
     /// The negotiation ended: the socket stays.
-    fn disarm(mut self) {
+    pub(super) fn disarm(mut self) {
         if let Some(tx) = self.disarm.take() {
             let _ = tx.send(());
         }
     }
+}
+
+/// SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_FEATURES (those we use of
+/// what the backend offers) and GET_QUEUE_NUM (with MQ): returns the
+/// backend's features, the protocol features set, and how many queues
+/// the device gets (`num_queues`, capped by the backend).
+pub(super) fn negotiate(
+    frontend: &mut Frontend,
+    name: &str,
+    num_queues: u16,
+) -> Result<(u64, VhostUserProtocolFeatures, u16), Error> {
+    let req = |request| {
+        let device = name.to_string();
+        move |source| Error::Request {
+            device,
+            request,
+            source,
+        }
+    };
+    frontend.set_owner().map_err(req(FrontendReq::SET_OWNER))?;
+    let backend_features = frontend
+        .get_features()
+        .map_err(req(FrontendReq::GET_FEATURES))?;
+    if backend_features & VERSION_1 == 0 {
+        return Err(Error::NoVersion1 {
+            device: name.to_string(),
+            offered: backend_features,
+        });
+    }
+    let mut protocol = VhostUserProtocolFeatures::empty();
+    if backend_features & features::VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+        let offered = frontend
+            .get_protocol_features()
+            .map_err(req(FrontendReq::GET_PROTOCOL_FEATURES))?;
+        protocol = features::wanted_protocol_features(offered);
+        frontend
+            .set_protocol_features(protocol)
+            .map_err(req(FrontendReq::SET_PROTOCOL_FEATURES))?;
+        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+    }
+    let mut queues = num_queues;
+    if protocol.contains(VhostUserProtocolFeatures::MQ) {
+        let max = frontend
+            .get_queue_num()
+            .map_err(req(FrontendReq::GET_QUEUE_NUM))?;
+        if max < u64::from(queues) {
+            log::warn!("{name}: backend supports {max} queues, not {queues}");
+            // max < queues <= u16::MAX, so it fits.
+            queues = max as u16;
+        }
+    }
+    if queues == 0 {
+        return Err(Error::NoQueues {
+            device: name.to_string(),
+        });
+    }
+    Ok((backend_features, protocol, queues))
 }
 
 impl VhostUserDevice {
@@ -136,51 +198,8 @@ impl VhostUserDevice {
             source,
         })?;
         let mut frontend = Frontend::from_stream(socket, u64::from(num_queues));
-        let req = |request| {
-            let device = name.clone();
-            move |source| Error::Request {
-                device,
-                request,
-                source,
-            }
-        };
-        frontend.set_owner().map_err(req(FrontendReq::SET_OWNER))?;
-        let backend_features = frontend
-            .get_features()
-            .map_err(req(FrontendReq::GET_FEATURES))?;
-        if backend_features & VERSION_1 == 0 {
-            return Err(Error::NoVersion1 {
-                device: name,
-                offered: backend_features,
-            });
-        }
-        let mut protocol = VhostUserProtocolFeatures::empty();
-        if backend_features & features::VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-            let offered = frontend
-                .get_protocol_features()
-                .map_err(req(FrontendReq::GET_PROTOCOL_FEATURES))?;
-            protocol = features::wanted_protocol_features(offered);
-            frontend
-                .set_protocol_features(protocol)
-                .map_err(req(FrontendReq::SET_PROTOCOL_FEATURES))?;
-            if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-                frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-            }
-        }
-        let mut queues = num_queues;
-        if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            let max = frontend
-                .get_queue_num()
-                .map_err(req(FrontendReq::GET_QUEUE_NUM))?;
-            if max < u64::from(queues) {
-                log::warn!("{name}: backend supports {max} queues, not {queues}");
-                // max < queues <= u16::MAX, so it fits.
-                queues = max as u16;
-            }
-        }
-        if queues == 0 {
-            return Err(Error::NoQueues { device: name });
-        }
+        let negotiated = negotiate(&mut frontend, &name, num_queues)?;
+        let (backend_features, protocol, queues) = negotiated;
         let mut device = Self {
             name,
             device_type,
@@ -456,7 +475,12 @@ impl VirtioDevice for VhostUserDevice {
             .frontend
             .set_config(offset as u32, VhostUserConfigFlags::empty(), data)
         {
-            Ok(()) => self.config[end - data.len()..end].copy_from_slice(data),
+            Ok(()) => {
+                self.config[end - data.len()..end].copy_from_slice(data);
+                self.state
+                    .config_writes
+                    .push((offset as u32, data.to_vec()));
+            }
             Err(e) => log::warn!("{}", self.request_error(FrontendReq::SET_CONFIG, e).chain()),
         }
     }
@@ -486,6 +510,8 @@ impl VirtioDevice for VhostUserDevice {
         // vhost-user.rst, VHOST_USER_GET_INFLIGHT_FD: a new region after a
         // reset; the old one describes rings the driver has abandoned.
         self.state.inflight = None;
+        // A reset returns writable configuration fields to their defaults.
+        self.state.config_writes.clear();
         self.stop().map_err(Into::into)
     }
 }

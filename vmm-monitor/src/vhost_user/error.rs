@@ -75,6 +75,14 @@ pub enum Error {
         /// The features the backend offered.
         offered: u64,
     },
+    /// A restarted backend cannot take over from the previous one.
+    #[error("{device}: the restarted backend cannot take over: {what}")]
+    Incompatible {
+        /// Which device.
+        device: String,
+        /// What differs.
+        what: String,
+    },
     /// The backend reported that it supports no queue at all.
     #[error("{device}: backend supports no queue")]
     NoQueues {
@@ -149,6 +157,7 @@ impl From<Error> for VirtioDeviceError {
             | Error::PollCallFd { device, .. }
             | Error::NoVersion1 { device, .. }
             | Error::NoQueues { device }
+            | Error::Incompatible { device, .. }
             | Error::NoSuchQueue { device, .. }
             | Error::QueueSize { device, .. }
             | Error::Ring { device, .. }

@@ -13,6 +13,8 @@
 //!   the transport drives.
 //! - [`state`]: [`NegotiatedState`], everything told to the backend, kept
 //!   for replay to a restarted one; the memory table and ring translation.
+//! - [`replay`]: [`VhostUserDevice::reconnect`], a restarted backend
+//!   brought to where its predecessor was.
 //! - [`features`]: which feature bits reach the guest, which protocol
 //!   features we ask for, configuration space sizes.
 //! - [`error`]: the module's error type.
@@ -20,6 +22,7 @@
 pub mod device;
 pub mod error;
 pub mod features;
+pub mod replay;
 pub mod state;
 
 pub use device::{VhostUserDevice, QUEUE_MAX_SIZE};

@@ -337,6 +337,9 @@ pub struct NegotiatedState {
     /// (queue, base) as GET_VRING_BASE reported at the last stop, for logs
     /// and tests.
     pub stopped_bases: Vec<(u16, u32)>,
+    /// The driver's configuration writes since the last reset (SET_CONFIG:
+    /// offset, bytes), replayed to a restarted backend.
+    pub config_writes: Vec<(u32, Vec<u8>)>,
 }
 
 impl NegotiatedState {
@@ -355,6 +358,7 @@ impl NegotiatedState {
             inflight: None,
             vrings: Vec::new(),
             config_change: None,
+            config_writes: Vec::new(),
             stopped_bases: Vec::new(),
         }
     }
