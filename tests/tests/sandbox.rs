@@ -479,3 +479,63 @@ fn a_monitor_making_a_refused_call_is_stopped_and_vmd_names_the_call() {
     let row = vmd.wait_state("trap", "stopped", Duration::from_secs(10));
     assert_eq!(row.pid, "-", "{row:?}");
 }
+
+/// Under vmd, with every process confined: a dev-block killed with
+/// SIGKILL is restarted by its monitor (through the device launcher), the
+/// new one sandboxed as the first was, and the VM runs on.
+#[test]
+fn a_killed_device_is_restarted_sandboxed_and_the_vm_runs_on() {
+    let test = "a_killed_device_is_restarted_sandboxed_and_the_vm_runs_on";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        loud(&format!("SKIPPED {test}: vmd sandboxes VMs only as root"));
+        return;
+    }
+    let scratch = Scratch::new("sandbox-restart");
+    let disk = scratch.path("d.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let config = format!(
+        "vm \"again\" {{\n boot \"{}\"\n memory 64M\n disk \"{}\"\n cmdline \"test=ticker ms=500\"\n}}\n",
+        vmd_tests::TEST_GUEST,
+        disk.display()
+    );
+    let dir = scratch.path("vmd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let vmd = Vmd::start(&dir, &config);
+    let row = vmd.wait_state("again", "running", Duration::from_secs(30));
+    let monitor: u32 = row.pid.parse().expect("the monitor's pid");
+    let wait_for_one = |not: Option<u32>| {
+        for _ in 0..200 {
+            let pids = children_named(monitor, "dev-block");
+            if let [pid] = pids[..] {
+                if Some(pid) != not {
+                    return pid;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("no new dev-block under monitor {monitor}:\n{}", vmd.log());
+    };
+    let first = wait_for_one(None);
+    std::thread::sleep(Duration::from_millis(300));
+    let uid = assert_sandboxed(first, "dev-block");
+    // SAFETY: kill(2) on a pid read as the monitor's child.
+    assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
+    let second = wait_for_one(Some(first));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        assert_sandboxed(second, "dev-block"),
+        uid,
+        "the same VM uid"
+    );
+    vmd.wait_log("disk0: restarted as pid", 1, Duration::from_secs(10));
+    let row = vmd.wait_state("again", "running", Duration::from_secs(5));
+    assert_eq!(row.pid, monitor.to_string(), "the same monitor runs the VM");
+    vmd.vmctl(&["stop", "-f", "-w", "again"]).ok();
+}

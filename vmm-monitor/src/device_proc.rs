@@ -1,13 +1,15 @@
 //! Device processes: starting one with the fds it needs, and noticing when
 //! it dies.
 //!
-//! A device process (dev-block, later dev-net and dev-console) is a sibling
-//! binary of the monitor. It gets its vhost-user connection and its host
+//! A device process (dev-block, dev-net, dev-console) is a sibling binary
+//! of the monitor. It gets its vhost-user connection and its host
 //! resources as inherited fds at fixed numbers from 3 up, in the order
 //! given, and opens nothing by path. A waiter thread per process reaps it
-//! and, unless the VM is already ending, reports its death as a
+//! and, unless the VM is already ending, hands its death to its
+//! supervisor (`crate::supervisor`, which restarts it), or, for a process
+//! without one or stopped by its sandbox, reports it as a
 //! [`VmEvent::DeviceDied`] so that the VM stops with a message naming the
-//! device (restarting it is a later step).
+//! device.
 //!
 //! # Invariants
 //! - Only the fds passed to [`DeviceProcess::spawn`] are open in the child
@@ -72,7 +74,13 @@ struct Extras {
     namespaced: Option<(u32, u32)>,
     /// Its stdout/stderr pipe: (read end, write end).
     output: Option<(OwnedFd, OwnedFd)>,
+    /// Who is told of its death instead of the VM.
+    on_death: Option<OnDeath>,
 }
+
+/// Called with how a supervised device process ended ("killed by signal
+/// 9"), on its waiter thread, unless its VM is stopping.
+pub type OnDeath = Box<dyn FnOnce(String) + Send>;
 
 /// First fd number a device process finds its passed fds at.
 pub const FIRST_PASSED_FD: RawFd = 3;
@@ -175,6 +183,21 @@ impl DeviceProcess {
         events: VmEvents,
         sandbox: &DeviceSandbox,
     ) -> Result<Self, DeviceProcessError> {
+        Self::spawn_supervised(name, program, args, fds, events, sandbox, None)
+    }
+
+    /// [`spawn_device`](Self::spawn_device), whose death (unless the VM is
+    /// stopping) is handed to `on_death` with how it ended, instead of
+    /// stopping the VM: its supervisor restarts it.
+    pub fn spawn_supervised(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        fds: &[BorrowedFd<'_>],
+        events: VmEvents,
+        sandbox: &DeviceSandbox,
+        on_death: Option<OnDeath>,
+    ) -> Result<Self, DeviceProcessError> {
         let spawn_err = |source| DeviceProcessError::Spawn {
             name: name.to_string(),
             source,
@@ -201,6 +224,7 @@ impl DeviceProcess {
             report: Some(read_end),
             namespaced,
             output: Some((output, output_write)),
+            on_death,
         };
         Self::start(name, program, args, &all, events, extras)
     }
@@ -218,6 +242,7 @@ impl DeviceProcess {
             report,
             namespaced,
             output,
+            on_death,
         } = extras;
         let stdio = output.as_ref().map(|(_, write_end)| write_end.as_fd());
         let sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
@@ -322,7 +347,7 @@ impl DeviceProcess {
         let waiter_name = name.to_string();
         let spawned = std::thread::Builder::new()
             .name(format!("wait-{name}"))
-            .spawn(move || wait_for(&waiter_name, &waiter_child, &events, report));
+            .spawn(move || wait_for(&waiter_name, &waiter_child, &events, report, on_death));
         if let Err(source) = spawned {
             kill(&child);
             return Err(DeviceProcessError::Spawn {
@@ -343,6 +368,11 @@ impl DeviceProcess {
         })
     }
 
+    /// Kills the process now, without the grace a dropped one gets.
+    pub fn kill(self) {
+        kill(&self.child);
+    }
+
     /// The process ID.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -357,7 +387,7 @@ impl DeviceProcess {
     pub fn level_handle(&self) -> LevelHandle {
         LevelHandle {
             name: self.name.clone(),
-            child: Arc::downgrade(&self.child),
+            target: LevelTarget::Process(Arc::downgrade(&self.child)),
         }
     }
 }
@@ -365,13 +395,38 @@ impl DeviceProcess {
 /// Sets a device process's log level (`ipc::logger::send_level`) as long
 /// as the process has not been reaped, so a reused pid is never signalled.
 /// Holding one keeps nothing alive.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LevelHandle {
     name: String,
-    child: Weak<Mutex<Option<libc::pid_t>>>,
+    target: LevelTarget,
+}
+
+/// Whose level a [`LevelHandle`] sets.
+#[derive(Clone)]
+enum LevelTarget {
+    /// One process, while it is not reaped.
+    Process(Weak<Mutex<Option<libc::pid_t>>>),
+    /// Whichever process of a supervised device runs.
+    Supervised(Weak<crate::supervisor::Supervisor>),
+}
+
+impl std::fmt::Debug for LevelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LevelHandle")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LevelHandle {
+    /// A handle to the running process of a supervised device.
+    pub fn supervised(supervisor: &Arc<crate::supervisor::Supervisor>) -> Self {
+        Self {
+            name: supervisor.name().to_string(),
+            target: LevelTarget::Supervised(Arc::downgrade(supervisor)),
+        }
+    }
+
     /// The device's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -381,7 +436,16 @@ impl LevelHandle {
     /// process must have installed its logger (dev-block has, once it
     /// answers vhost-user messages): before that SIGUSR1 would kill it.
     pub fn set_level(&self, level: log::LevelFilter) -> std::io::Result<bool> {
-        let Some(child) = self.child.upgrade() else {
+        let child = match &self.target {
+            LevelTarget::Process(child) => child.upgrade(),
+            LevelTarget::Supervised(supervisor) => {
+                return match supervisor.upgrade() {
+                    Some(supervisor) => supervisor.set_level(level),
+                    None => Ok(false),
+                }
+            }
+        };
+        let Some(child) = child else {
             return Ok(false);
         };
         let guard = child.lock().unwrap_or_else(|p| p.into_inner());
@@ -431,6 +495,7 @@ fn wait_for(
     child: &Mutex<Option<libc::pid_t>>,
     events: &VmEvents,
     report: Option<OwnedFd>,
+    on_death: Option<OnDeath>,
 ) {
     let pid = match *child.lock().unwrap_or_else(|p| p.into_inner()) {
         Some(pid) => pid,
@@ -470,12 +535,18 @@ fn wait_for(
         return;
     }
     let mut how = describe(std::process::ExitStatus::from_raw(status));
+    let mut trapped = false;
     if let Some(line) = report.as_ref().and_then(sandbox_profiles::read_report) {
         log::error!("{name}: pid {pid} stopped by its sandbox: {line}");
         how = format!("stopped by its sandbox ({line})");
+        trapped = true;
     }
     if events.is_stopping() {
         log::debug!("{name}: pid {pid} {how}");
+    } else if let (Some(on_death), false) = (on_death, trapped) {
+        // A device stopped by its sandbox is not restarted: that is what a
+        // guest attacking it would cause, again and again.
+        on_death(how);
     } else {
         events.send(VmEvent::DeviceDied {
             device: name.to_string(),

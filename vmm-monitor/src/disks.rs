@@ -15,15 +15,17 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use dev_block::disk::{open_image as open_disk, Format, RecordingOpener};
 
 use crate::config::{DiskBackend, DiskFormat};
-use crate::device_proc::{sibling_binary, DeviceProcess, DeviceProcessError};
+use crate::device_proc::{sibling_binary, DeviceProcessError};
 use crate::exit::VmEvents;
+use crate::supervisor::{Recipe, RestartPolicy, Supervisor, SupervisorError};
 use crate::vhost_user::{self, VhostUserDevice};
+use crate::virtio::VirtioDevice;
 
 /// The virtio device ID of a block device (virtio 1.2 §5).
 pub const VIRTIO_ID_BLOCK: u32 = 2;
@@ -44,16 +46,19 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
-    /// The socketpair to the device process could not be made.
-    #[error("disk{index}: cannot create the vhost-user socket pair")]
-    Socket {
+    /// The image's fds could not be duplicated for its supervisor.
+    #[error("disk{index}: cannot keep a copy of the image's fds")]
+    Dup {
         /// Disk index.
         index: usize,
         /// The OS error.
         #[source]
         source: std::io::Error,
     },
-    /// The device process could not be started.
+    /// The device process could not be started or connected.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// The device binary is missing.
     #[error(transparent)]
     Process(#[from] DeviceProcessError),
     /// The image or its backing chain is not usable.
@@ -76,9 +81,10 @@ pub enum DiskError {
 /// the monitor started one).
 pub struct AttachedDisk {
     /// The vhost-user frontend.
-    pub device: VhostUserDevice,
-    /// The dev-block process, `None` for an external backend.
-    pub process: Option<DeviceProcess>,
+    pub device: Box<dyn VirtioDevice>,
+    /// The supervisor of its dev-block process, `None` for an external
+    /// backend.
+    pub supervisor: Option<Arc<Supervisor>>,
 }
 
 /// Connects disk number `index` as `disk` describes, asking for `queues`
@@ -97,8 +103,8 @@ pub fn attach(
             let device = VhostUserDevice::connect_path(&name, socket, VIRTIO_ID_BLOCK, queues)?;
             log::info!("{name}: vhost-user backend at {}", socket.display());
             Ok(AttachedDisk {
-                device,
-                process: None,
+                device: Box::new(device),
+                supervisor: None,
             })
         }
         DiskBackend::Image {
@@ -154,8 +160,6 @@ fn spawn_dev_block(
 ) -> Result<AttachedDisk, DiskError> {
     let index = disk.index;
     let name = format!("disk{index}");
-    let (ours, theirs) =
-        UnixStream::pair().map_err(|source| DiskError::Socket { index, source })?;
     let program = sibling_binary("dev-block")?;
     let mut args = vec![
         "--socket-fd".to_string(),
@@ -177,26 +181,41 @@ fn spawn_dev_block(
     if disk.readonly {
         args.push("--readonly".into());
     }
-    let mut fds = vec![theirs.as_fd(), disk.image.as_fd()];
+    // The supervisor keeps its own copies of the image and its backing
+    // files, for every process it starts.
+    let copy = |file: &File| {
+        file.as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DiskError::Dup { index, source })
+    };
+    let mut resources = vec![copy(disk.image)?];
     for (i, file) in disk.backing.iter().enumerate() {
         args.push("--backing-fd".into());
         args.push((5 + i).to_string());
-        fds.push(file.as_fd());
+        resources.push(copy(file)?);
     }
-    let process =
-        DeviceProcess::spawn_device(&name, &program, &args, &fds, events.clone(), sandbox)?;
-    // The child has its copy of the socket; ours closes here.
-    drop(fds);
-    drop(theirs);
-    let device = VhostUserDevice::connect(&name, ours, VIRTIO_ID_BLOCK, queues)?;
+    let recipe = Recipe {
+        name: name.clone(),
+        program,
+        args,
+        resources,
+    };
+    let connect = |socket| VhostUserDevice::connect(&name, socket, VIRTIO_ID_BLOCK, queues);
+    let (supervisor, device) = Supervisor::start(
+        recipe,
+        sandbox,
+        events.clone(),
+        RestartPolicy::default(),
+        connect,
+    )?;
     log::info!(
         "{name}: {} served by dev-block pid {}",
         disk.path.display(),
-        process.pid()
+        supervisor.pid().unwrap_or_default()
     );
     Ok(AttachedDisk {
-        device,
-        process: Some(process),
+        device: Box::new(device),
+        supervisor: Some(supervisor),
     })
 }
 

@@ -17,6 +17,7 @@
 //! - [`bus`]: port-I/O and MMIO dispatch of vCPU exits.
 //! - [`device_proc`]: starting device processes with their fds, noticing their death.
 //! - [`device_spawn`]: the clone into namespaces of a device's own, then exec.
+//! - [`supervisor`]: restarting a dead device process and replaying its state.
 //! - [`launcher`]: the process that starts devices for a confined monitor.
 //! - [`nics`]: a VM's network interfaces: dev-net processes on vmd's taps.
 //! - [`disks`]: a VM's disks: dev-block processes or external vhost-user backends.
@@ -50,6 +51,7 @@ pub mod loader;
 pub mod memory;
 pub mod nics;
 pub mod pci;
+pub mod supervisor;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod virtio;

@@ -158,6 +158,9 @@ pub struct Vm {
     pci: PciDevices,
     // Device processes die with the VM (their frontends are in `pci`).
     processes: Vec<DeviceProcess>,
+    // Supervised device processes, restarted when they die; they die with
+    // the VM too.
+    supervisors: Vec<Arc<crate::supervisor::Supervisor>>,
     _vm: Arc<VmFd>,
     _ram: GuestRam,
     events: crossbeam_channel::Receiver<VmEvent>,
@@ -259,6 +262,7 @@ impl Vm {
             stopper: events_tx.stop_handle(),
             reporter: events_tx,
             processes: Vec::new(),
+            supervisors: Vec::new(),
             gate: Arc::new(PauseGate::new()),
             com1,
             sandbox: config.sandbox.clone(),
@@ -297,6 +301,7 @@ impl Vm {
         self.processes
             .iter()
             .map(DeviceProcess::level_handle)
+            .chain(self.supervisors.iter().map(LevelHandle::supervised))
             .collect()
     }
 
@@ -311,8 +316,8 @@ impl Vm {
         let queues = u16::try_from(config.cpus).unwrap_or(u16::MAX);
         for (index, disk) in config.disks.iter().enumerate() {
             let attached = disks::attach(index, disk, queues, &self.reporter, &self.sandbox)?;
-            self.processes.extend(attached.process);
-            let slot = self.add_virtio_device(Box::new(attached.device))?;
+            self.supervisors.extend(attached.supervisor);
+            let slot = self.add_virtio_device(attached.device)?;
             log::info!("disk{index}: virtio-blk at PCI 00:{slot:02x}.0");
         }
         Ok(())

@@ -15,6 +15,8 @@
 //!   for replay to a restarted one; the memory table and ring translation.
 //! - [`replay`]: [`VhostUserDevice::reconnect`], a restarted backend
 //!   brought to where its predecessor was.
+//! - [`shared`]: [`SharedDevice`], the device as the transport and its
+//!   supervisor both hold it.
 //! - [`features`]: which feature bits reach the guest, which protocol
 //!   features we ask for, configuration space sizes.
 //! - [`error`]: the module's error type.
@@ -23,8 +25,10 @@ pub mod device;
 pub mod error;
 pub mod features;
 pub mod replay;
+pub mod shared;
 pub mod state;
 
 pub use device::{VhostUserDevice, QUEUE_MAX_SIZE};
 pub use error::Error;
+pub use shared::SharedDevice;
 pub use state::{InflightRegion, MemRegion, MemTable, NegotiatedState, RingAddrs, VringState};
