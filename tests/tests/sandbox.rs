@@ -213,32 +213,50 @@ fn each_device_refuses_what_an_attacker_in_it_would_try_and_names_the_call() {
     }
 }
 
-#[test]
-fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
-    if !kvm_or_skip("a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds") {
-        return;
+/// Whether this test can run: KVM present and root (vmd sandboxes VMs
+/// with their own uid only as root); says loudly why not.
+fn kvm_and_root_or_skip(test: &str) -> bool {
+    if !kvm_or_skip(test) {
+        return false;
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        loud("SKIPPED a_running_vms_devices...: vmd gives devices their own uid only as root");
-        return;
+        loud(&format!("SKIPPED {test}: vmd sandboxes VMs only as root"));
+        return false;
     }
-    let scratch = Scratch::new("sandbox-proc");
+    true
+}
+
+/// A vmd in `scratch` running VM `name` (the ticker guest on a 1 MiB
+/// disk); returns vmd, the monitor's pid and the disk's path.
+fn running_ticker_vm(scratch: &Scratch, name: &str) -> (Vmd, u32, std::path::PathBuf) {
     let disk = scratch.path("d.img");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
     let config = format!(
-        "vm \"box\" {{\n boot \"{}\"\n memory 64M\n disk \"{}\"\n cmdline \"test=ticker ms=500\"\n}}\n",
+        "vm \"{name}\" {{\n boot \"{}\"\n memory 64M\n disk \"{}\"\n cmdline \"test=ticker ms=500\"\n}}\n",
         vmd_tests::TEST_GUEST,
         disk.display()
     );
     let dir = scratch.path("vmd");
     std::fs::create_dir_all(&dir).unwrap();
     let vmd = Vmd::start(&dir, &config);
-    let row = vmd.wait_state("box", "running", Duration::from_secs(30));
+    let row = vmd.wait_state(name, "running", Duration::from_secs(30));
     let monitor: u32 = row.pid.parse().expect("the monitor's pid");
+    (vmd, monitor, disk)
+}
+
+#[test]
+fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
+    if !kvm_and_root_or_skip(
+        "a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds",
+    ) {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-proc");
+    let (vmd, monitor, disk) = running_ticker_vm(&scratch, "box");
     let mut seen = Vec::new();
     for device in ["dev-block", "dev-console"] {
         let mut pids = Vec::new();
@@ -447,14 +465,7 @@ fn a_running_vms_devices_are_filtered_unprivileged_and_hold_only_their_fds() {
 #[test]
 fn a_monitor_making_a_refused_call_is_stopped_and_vmd_names_the_call() {
     let test = "a_monitor_making_a_refused_call_is_stopped_and_vmd_names_the_call";
-    if !kvm_or_skip(test) {
-        return;
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        loud(&format!(
-            "SKIPPED {test}: vmd sandboxes monitors only as root"
-        ));
+    if !kvm_and_root_or_skip(test) {
         return;
     }
     let scratch = Scratch::new("sandbox-monitor-trap");
@@ -486,30 +497,11 @@ fn a_monitor_making_a_refused_call_is_stopped_and_vmd_names_the_call() {
 #[test]
 fn a_killed_device_is_restarted_sandboxed_and_the_vm_runs_on() {
     let test = "a_killed_device_is_restarted_sandboxed_and_the_vm_runs_on";
-    if !kvm_or_skip(test) {
-        return;
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        loud(&format!("SKIPPED {test}: vmd sandboxes VMs only as root"));
+    if !kvm_and_root_or_skip(test) {
         return;
     }
     let scratch = Scratch::new("sandbox-restart");
-    let disk = scratch.path("d.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let config = format!(
-        "vm \"again\" {{\n boot \"{}\"\n memory 64M\n disk \"{}\"\n cmdline \"test=ticker ms=500\"\n}}\n",
-        vmd_tests::TEST_GUEST,
-        disk.display()
-    );
-    let dir = scratch.path("vmd");
-    std::fs::create_dir_all(&dir).unwrap();
-    let vmd = Vmd::start(&dir, &config);
-    let row = vmd.wait_state("again", "running", Duration::from_secs(30));
-    let monitor: u32 = row.pid.parse().expect("the monitor's pid");
+    let (vmd, monitor, _) = running_ticker_vm(&scratch, "again");
     let wait_for_one = |not: Option<u32>| {
         for _ in 0..200 {
             let pids = children_named(monitor, "dev-block");
