@@ -20,13 +20,13 @@ use vmm_monitor::vhost_user::VhostUserDevice;
 use vmm_monitor::virtio::{QueueConfig, QueueSet, VirtioDevice};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// Room for [`BATCH`] requests of three descriptors each.
 mod common;
 use common::{
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VRING_DESC_F_NEXT,
     VRING_DESC_F_WRITE,
 };
 
+/// Room for [`BATCH`] requests of three descriptors each.
 const RING: u16 = 128;
 const BATCH: u16 = 32;
 /// Bytes per request: large, so that a batch takes the backend a while.
