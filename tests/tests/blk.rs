@@ -251,6 +251,17 @@ fn blk_device_reset_and_reinit_keeps_data() {
     assert_reinit_verified(&run);
 }
 
+/// Reads `child`'s log as it comes (so that a full pipe never stalls it);
+/// the thread returns all of it once the child has ended.
+fn drain_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+        log
+    })
+}
+
 /// The dev-block children of monitor `pid`.
 fn dev_block_children(pid: u32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -278,6 +289,7 @@ fn a_killed_dev_block_is_restarted_and_the_guest_sees_no_error() {
         .command()
         .spawn()
         .expect("start vmm-monitor");
+    let log_reader = drain_stderr(&mut child);
     let mut console = BufReader::new(child.stdout.take().unwrap());
     // The console on a thread of its own: the guest's lines as they come.
     let (tx, lines) = std::sync::mpsc::channel::<String>();
@@ -320,8 +332,7 @@ fn a_killed_dev_block_is_restarted_and_the_guest_sees_no_error() {
     while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
         output += &line;
     }
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    let log = log_reader.join().unwrap();
     assert!(
         killed.len() >= 3,
         "the guest ended too soon: {output}\n{log}"
@@ -334,6 +345,89 @@ fn a_killed_dev_block_is_restarted_and_the_guest_sees_no_error() {
     for pid in killed {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
+}
+
+/// The bar: 100 SIGKILLs of dev-block at random moments while the
+/// guest keeps 32 requests in flight per queue, writing and verifying
+/// checksummed blocks (`blk-stall`): no I/O error, every block reads back
+/// as last written, one restart per kill, the VM never resets.
+#[test]
+fn dev_block_killed_100_times_under_load_loses_nothing() {
+    if !kvm_or_skip("dev_block_killed_100_times_under_load_loses_nothing") {
+        return;
+    }
+    const KILLS: usize = 100;
+    let scratch = Scratch::new("blk-100-kills");
+    let image = raw_image(&scratch, "d.img", 64);
+    let mut child = Monitor::guest("test=blk-stall secs=45 depth=32 size=16 top=120")
+        .cpus(2)
+        .memory("256M")
+        .disk(&image)
+        .command()
+        .spawn()
+        .expect("start vmm-monitor");
+    let log_reader = drain_stderr(&mut child);
+    let mut console = BufReader::new(child.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while console.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = tx.send(std::mem::take(&mut line));
+        }
+    });
+    let mut output = String::new();
+    while !output.contains("device=") {
+        output += &lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the guest starts");
+    }
+    let mut killed = Vec::new();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    while killed.len() < KILLS && !output.contains("VMDT PASS") && !output.contains("VMDT FAIL") {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Past the restart policy's quick-death window (250 ms), so that
+        // each kill is restarted at once.
+        let pause = Duration::from_millis(260 + seed % 100);
+        while let Ok(line) = lines.recv_timeout(pause) {
+            output += &line;
+        }
+        if let [pid] = dev_block_children(child.id())[..] {
+            // SAFETY: kill(2) on a pid just read as our child's child.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed.push(pid);
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+        output += &line;
+    }
+    let log = log_reader.join().unwrap();
+    let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        killed.len(),
+        KILLS,
+        "the guest ended before {KILLS} kills:\n{output}\n{tail}"
+    );
+    assert!(output.contains("VMDT PASS blk-stall"), "{output}\n{tail}");
+    assert!(output.contains(" errors=0 "), "{output}");
+    assert!(
+        !output.contains("VMDT BEGIN blk-stall\nVMDT BEGIN"),
+        "the VM reset"
+    );
+    assert_eq!(
+        output.matches("VMDT BEGIN").count(),
+        1,
+        "the VM reset: {output}"
+    );
+    assert_eq!(status.code(), Some(0), "{tail}");
+    assert_eq!(
+        log.matches("disk0: restarted as pid").count(),
+        KILLS,
+        "{tail}"
+    );
 }
 
 /// A process killed when dropped.

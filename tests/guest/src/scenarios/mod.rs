@@ -15,6 +15,7 @@ mod blk_discard;
 mod blk_id;
 mod blk_ro;
 mod blk_rw;
+mod blk_stall;
 mod console;
 mod demo;
 mod echo;
@@ -51,6 +52,7 @@ const ALL: &[Scenario] = &[
     blk_discard::SCENARIO,
     blk_ro::SCENARIO,
     blk_bench::SCENARIO,
+    blk_stall::SCENARIO,
     ticker::SCENARIO,
     echo::SCENARIO,
     console::SCENARIO,
