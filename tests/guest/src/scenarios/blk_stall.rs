@@ -12,7 +12,12 @@
 //!
 //! The gap between one completion and the next is measured (TSC); the
 //! `top=K` largest (default 32) are printed, in µs, largest first:
-//! `VMDT blk-stall requests=N errors=0 gaps_us=a,b,...`.
+//! `VMDT blk-stall requests=N errors=0 gaps_us=a,b,...`. Every gap of
+//! `stall_us=T` µs or more (default 1000; the first 4096) is printed too,
+//! as `TSC of the completion before it:µs`, so that a host tool that knows
+//! when it killed the backend (in TSC: the `tsc=` of the `start` line
+//! tells the guest's TSC when it was printed) can tell how long each kill
+//! kept the guest waiting: `VMDT blk-stall stalls=t:us,t:us,...`.
 
 use super::blk_common::{self, check, fill, SECTOR};
 use super::{Ctx, Reason, Scenario};
@@ -30,6 +35,8 @@ pub const SCENARIO: Scenario = Scenario {
 const BLOCK_SECTORS: u64 = 8;
 /// Most gaps kept.
 const MAX_TOP: usize = 256;
+/// Most stalls recorded.
+const MAX_STALLS: usize = 4096;
 
 /// A number from the command line, or `default`.
 fn arg(ctx: &Ctx, key: &str, default: u64) -> Result<u64, Reason> {
@@ -116,6 +123,14 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         k,
     };
     let (mut next, mut count, mut inflight, mut requests) = (0u64, 0u64, 0usize, 0u64);
+    let stall_ticks = arg(ctx, "stall_us", 1000)? * tsc_ms / 1000;
+    let mut stalls = [(0u64, 0u64); MAX_STALLS];
+    let mut nstalls = 0;
+    crate::println!(
+        "VMDT {} start tsc={} tsc_per_ms={tsc_ms}",
+        ctx.name,
+        cpu::rdtsc()
+    );
     let mut last = cpu::rdtsc();
     loop {
         let more = !deadline.expired();
@@ -163,7 +178,12 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         blk.wait()?;
         while let Some(done) = blk.take()? {
             let now = cpu::rdtsc();
-            top.add(now.saturating_sub(last));
+            let gap = now.saturating_sub(last);
+            top.add(gap);
+            if gap >= stall_ticks && nstalls < MAX_STALLS {
+                stalls[nstalls] = (last, gap);
+                nstalls += 1;
+            }
             last = now;
             let Some(req) = reqs[done.queue][done.slot].take() else {
                 crate::fail!("completion for idle slot {} of queue {}", done.slot, done.queue);
@@ -214,7 +234,25 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         blk.nq,
         Micros(gaps, tsc_ms.max(1))
     );
+    crate::println!(
+        "VMDT {} stalls={}",
+        ctx.name,
+        Stalls(&stalls[..nstalls], tsc_ms.max(1))
+    );
     Ok(())
+}
+
+/// (TSC, interval) pairs shown as comma-separated `tsc:µs`.
+struct Stalls<'a>(&'a [(u64, u64)], u64);
+
+impl core::fmt::Display for Stalls<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, (at, ticks)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{at}:{}", ticks * 1000 / self.1)?;
+        }
+        Ok(())
+    }
 }
 
 /// TSC intervals shown as comma-separated microseconds.
