@@ -4,15 +4,17 @@
 //! The monitor keeps each tap fd for its whole life and gives every built
 //! VM (a reboot builds a new one) a new dev-net on a dup of it, so the tap
 //! — and its addresses, bridge port and alias, which vmd set — outlives
-//! reboots and goes only with the monitor.
+//! reboots and goes only with the monitor. A dev-net that dies is
+//! restarted on the same tap (`crate::supervisor`): the frames in flight
+//! are lost, as a real NIC's would be, and nothing else.
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 
 use ipc::monitor::NicAttach;
 
-use crate::device_proc::{sibling_binary, DeviceProcess};
+use crate::device_proc::sibling_binary;
+use crate::supervisor::{Recipe, RestartPolicy, Supervisor};
 use crate::vhost_user::VhostUserDevice;
 use crate::vm::{Vm, VmError};
 
@@ -61,31 +63,38 @@ pub fn dev_net_args(nic: &NicAttach) -> Vec<String> {
     args
 }
 
-/// Starts dev-net for interface `index` and adds its virtio-net device.
+/// Starts dev-net for interface `index` (supervised: restarted on the
+/// same tap if it dies) and adds its virtio-net device.
 pub fn attach(vm: &mut Vm, index: usize, nic: &NicFiles) -> Result<(), VmError> {
     let name = format!("net{index}");
-    let (ours, theirs) = UnixStream::pair().map_err(|source| VmError::Os {
-        what: "create a network interface's vhost-user socket",
-        source,
-    })?;
-    let program = sibling_binary("dev-net")?;
-    let fds = [theirs.as_fd(), nic.tap.as_fd()];
-    let process = DeviceProcess::spawn_device(
-        &name,
-        &program,
-        &dev_net_args(&nic.attach),
-        &fds,
-        vm.events(),
+    let tap = nic
+        .tap
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| VmError::Os {
+            what: "keep a copy of a network interface's tap",
+            source,
+        })?;
+    let recipe = Recipe {
+        name: name.clone(),
+        program: sibling_binary("dev-net")?,
+        args: dev_net_args(&nic.attach),
+        resources: vec![tap],
+    };
+    let connect = |socket| VhostUserDevice::connect(&name, socket, VIRTIO_ID_NET, NET_QUEUES);
+    let (supervisor, device) = Supervisor::start(
+        recipe,
         vm.device_sandbox(),
+        vm.events(),
+        RestartPolicy::default(),
+        connect,
     )?;
-    drop(theirs);
-    let device = VhostUserDevice::connect(&name, ours, VIRTIO_ID_NET, NET_QUEUES)?;
     log::info!(
         "{name}: tap {} served by dev-net pid {}",
         nic.attach.tap,
-        process.pid()
+        supervisor.pid().unwrap_or_default()
     );
-    vm.add_device_process(process);
+    vm.add_supervisor(supervisor);
     let slot = vm.add_virtio_device(Box::new(device))?;
     log::info!("{name}: virtio-net at PCI 00:{slot:02x}.0");
     Ok(())

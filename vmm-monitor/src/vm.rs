@@ -122,6 +122,9 @@ pub enum VmError {
     /// A device process could not be started.
     #[error(transparent)]
     DeviceProcess(#[from] crate::device_proc::DeviceProcessError),
+    /// A supervised device process could not be started or connected.
+    #[error(transparent)]
+    Supervisor(#[from] crate::supervisor::SupervisorError),
     /// A vhost-user device could not be connected.
     #[error(transparent)]
     VhostUser(#[from] crate::vhost_user::Error),
@@ -294,6 +297,12 @@ impl Vm {
     /// VM and takes `vmctl log` levels.
     pub fn add_device_process(&mut self, process: DeviceProcess) {
         self.processes.push(process);
+    }
+
+    /// Makes `supervisor`'s device process one of this VM's: it is
+    /// restarted while the VM runs and dies with it.
+    pub fn add_supervisor(&mut self, supervisor: Arc<crate::supervisor::Supervisor>) {
+        self.supervisors.push(supervisor);
     }
 
     /// Handles to set the log level of each device process of this VM.

@@ -7,7 +7,10 @@
 //! one datagram `vmdt-spoof` from that forged source address (to test
 //! `locked lladdr`). `echo=PORT` answers UDP datagrams to that port
 //! (always, and for `linger=MS` at the end, for two guests testing each
-//! other).
+//! other). `ping_ms=MS` waits that long between pings; `lossy=1` lets a
+//! ping go unanswered (after 500 ms) instead of failing, and prints
+//! `pings sent=N received=M` at the end (a device restarted under the
+//! guest loses the frames in flight, as a real NIC would).
 
 use super::{Ctx, Reason, Scenario};
 use crate::cpu;
@@ -24,6 +27,8 @@ const DHCP_TIMEOUT_MS: u64 = 3_000;
 const ARP_TIMEOUT_MS: u64 = 10_000;
 /// Wait for an echo reply or an echoed datagram.
 const REPLY_TIMEOUT_MS: u64 = 3_000;
+/// Wait for an echo reply that may be lost (`lossy=1`).
+const LOSSY_TIMEOUT_MS: u64 = 500;
 /// ICMP identifier of our pings; data bytes per ping.
 const PING_ID: u16 = 0x564D;
 const PING_DATA: usize = 56;
@@ -55,6 +60,8 @@ fn ip_arg(ctx: &Ctx, key: &str) -> Result<Option<Ip>, Reason> {
 fn run(ctx: &Ctx) -> Result<(), Reason> {
     let name = ctx.name;
     let pings = num(ctx, "ping", 3)?;
+    let ping_ms = num(ctx, "ping_ms", 0)?;
+    let lossy = num(ctx, "lossy", 0)? != 0;
     let count = num(ctx, "count", 3)?;
     let ms = num(ctx, "ms", 1000)?;
     let size = num(ctx, "size", 1024)? as usize;
@@ -179,21 +186,43 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
             Mac(mac),
             stack.us_since(began) / 1000
         );
+        let timeout = if lossy { LOSSY_TIMEOUT_MS } else { REPLY_TIMEOUT_MS };
+        let mut received = 0u64;
         for seq in 1..=pings as u16 {
+            if ping_ms > 0 && seq > 1 {
+                let pause = stack.deadline(ping_ms);
+                while cpu::rdtsc() < pause {
+                    // Answer and drop what comes meanwhile (a late reply).
+                    stack.poll()?;
+                }
+            }
             let sent = cpu::rdtsc();
             stack.send_ping(mac, target, PING_ID, seq, PING_DATA)?;
-            let end = stack.deadline(REPLY_TIMEOUT_MS);
-            loop {
+            let end = stack.deadline(timeout);
+            let answered = loop {
                 if let Some(Event::EchoReply { src, id, seq: s }) = stack.poll()? {
                     if src == target && id == PING_ID && s == seq {
-                        break;
+                        break true;
                     }
                 }
                 if cpu::rdtsc() >= end {
-                    crate::fail!("no echo reply from {target} seq={seq} in {REPLY_TIMEOUT_MS} ms");
+                    break false;
                 }
+            };
+            if answered {
+                received += 1;
+                crate::println!("VMDT {name} ping seq={seq} rtt_us={}", stack.us_since(sent));
+            } else if lossy {
+                crate::println!("VMDT {name} ping seq={seq} lost");
+            } else {
+                crate::fail!("no echo reply from {target} seq={seq} in {timeout} ms");
             }
-            crate::println!("VMDT {name} ping seq={seq} rtt_us={}", stack.us_since(sent));
+        }
+        if lossy {
+            crate::println!("VMDT {name} pings sent={pings} received={received}");
+            if received == 0 {
+                crate::fail!("no ping was answered");
+            }
         }
     }
 
