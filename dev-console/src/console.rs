@@ -23,7 +23,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use ipc::console::{Packet, MAX_BYTES};
+use ipc::console::{Packet, Port, MAX_BYTES};
 use log::{debug, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -279,6 +279,7 @@ impl ConsoleLoop {
         };
         let input = &buf[..n];
         let metrics = self.shared.metrics();
+        debug!("{n} bytes typed, for {:?}", self.shared.input_target());
         match (self.shared.input_target(), &self.side) {
             (Source::Virtio, _) => self.shared.hold_input(input),
             (Source::Com1, Some(_)) => self.send_com(input),
@@ -351,25 +352,38 @@ impl ConsoleLoop {
     fn handle_packet(&mut self, packet: Packet) {
         match packet {
             Packet::ComOutput(bytes) => self.shared.push_output(Source::Com1, &bytes),
-            Packet::Attach => self.attach(),
+            Packet::Attach => self.attach(true),
+            Packet::Resume => self.attach(false),
             Packet::Detach => {
                 if self.client.take().is_some() {
                     info!("console client detached");
                 }
             }
             Packet::ComInput(_) => self.bad_packet("ComInput from the monitor"),
+            Packet::InputTo(port) => {
+                let source = match port {
+                    Port::Virtio => Source::Virtio,
+                    Port::Com1 => Source::Com1,
+                };
+                self.shared.set_inherited_input(source);
+                info!("typed input goes to {source:?}, as before");
+            }
         }
     }
 
-    /// A client attaches (again): stale pty contents go, the ring is
-    /// replayed from its oldest byte.
-    fn attach(&mut self) {
-        if let Err(e) = sys::flush_pty(&self.pty.master) {
-            warn!("flushing the console pty: {e}");
+    /// A client attaches (`new`), or was attached to this process's
+    /// predecessor: then what it typed meanwhile stays, and the ring (all
+    /// of it written since this process started) follows.
+    fn attach(&mut self, new: bool) {
+        if new {
+            if let Err(e) = sys::flush_pty(&self.pty.master) {
+                warn!("flushing the console pty: {e}");
+            }
         }
         let cursor = self.shared.lock().ring().cursor_at_oldest();
         info!(
-            "console client attached; replaying {} bytes",
+            "console client {}; replaying {} bytes",
+            if new { "attached" } else { "still attached" },
             self.shared.lock().ring().head() - cursor.pos()
         );
         self.client = Some(Client {

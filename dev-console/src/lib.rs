@@ -154,6 +154,22 @@ pub fn run(config: ConsoleConfig) -> Result<(), RunError> {
         Source::Virtio
     };
     let shared = Shared::new(config.ring_size, first_input).map_err(setup("eventfds"))?;
+    if let Some(side) = &side {
+        // The monitor keeps where typed input goes, for a successor.
+        let side = side
+            .try_clone()
+            .map_err(setup("a copy of the side channel"))?;
+        shared.set_announce(Box::new(move |source| {
+            let port = match source {
+                Source::Virtio => ipc::console::Port::Virtio,
+                Source::Com1 => ipc::console::Port::Com1,
+            };
+            let packet = ipc::console::Packet::InputTo(port).encode();
+            if let Err(e) = sys::send_packet(side.as_raw_fd(), &packet) {
+                log::debug!("telling the monitor where input goes: {e}");
+            }
+        }));
+    }
     let shared = Arc::new(shared);
     let device = Arc::new(ConsoleDevice::new(Arc::clone(&shared)));
     let stop = EventFd::new(EFD_NONBLOCK).map_err(setup("the stop eventfd"))?;

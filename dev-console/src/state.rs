@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use log::debug;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -49,12 +49,26 @@ pub struct State {
 /// - `rx_ready` is the receive queue's device fd
 ///   (`Device::queue_event_fd`): signalled after input is held, it makes
 ///   the receive queue's worker run and deliver it.
-#[derive(Debug)]
 pub struct Shared {
     state: Mutex<State>,
     output_ready: EventFd,
     rx_ready: EventFd,
     metrics: ConsoleMetrics,
+    /// Told where typed input goes whenever that changes, before the
+    /// output that changed it is visible (see [`Shared::push_output`]).
+    announce: OnceLock<Announce>,
+}
+
+/// Tells the monitor where typed input goes now.
+pub type Announce = Box<dyn Fn(Source) + Send + Sync>;
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("state", &self.state)
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -71,7 +85,14 @@ impl Shared {
             output_ready: EventFd::new(EFD_NONBLOCK)?,
             rx_ready: EventFd::new(EFD_NONBLOCK)?,
             metrics: ConsoleMetrics::default(),
+            announce: OnceLock::new(),
         })
+    }
+
+    /// Sets who is told where input goes (the monitor, which tells this
+    /// process's successor should it die).
+    pub fn set_announce(&self, announce: Announce) {
+        let _ = self.announce.set(announce);
     }
 
     /// Locks the state. Holders do no I/O under the lock except copying.
@@ -87,7 +108,17 @@ impl Shared {
     /// Appends output of `source` to the ring (no wake-up: see
     /// [`Shared::output_written`]).
     pub fn push_output(&self, source: Source, bytes: &[u8]) {
-        self.lock().push_output(source, bytes);
+        let mut state = self.lock();
+        // Announced before the output can reach a client: whatever a
+        // client saw last, the monitor knows where its typing goes.
+        if !bytes.is_empty() && state.last_output != Some(source) {
+            if let Some(announce) = self.announce.get() {
+                debug!("typed input goes to {source:?} from now on");
+                announce(source);
+            }
+        }
+        state.push_output(source, bytes);
+        drop(state);
         let counter = match source {
             Source::Virtio => &self.metrics.virtio_out,
             Source::Com1 => &self.metrics.com_out,
@@ -127,6 +158,15 @@ impl Shared {
     /// Where input goes now: to the source that wrote output last.
     pub fn input_target(&self) -> Source {
         self.lock().input_target()
+    }
+
+    /// Where input went before this process (the monitor says, after a
+    /// restart): used until a source writes output here.
+    pub fn set_inherited_input(&self, source: Source) {
+        let mut state = self.lock();
+        if state.last_output.is_none() {
+            state.default_input = source;
+        }
     }
 
     /// Holds `bytes` for the virtio port and wakes its receive queue;

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dev_backend::testing::{TestFrontend, TestOptions};
-use ipc::console::{Packet, MAX_BYTES};
+use ipc::console::{Packet, Port, MAX_BYTES};
 
 const WAIT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(300);
@@ -216,12 +216,14 @@ impl Console {
         Some(Packet::decode(&buf[..n as usize]).unwrap())
     }
 
-    /// ComInput packets until `want` bytes came.
+    /// ComInput packets until `want` bytes came (InputTo packets, which
+    /// tell the monitor where input goes, are skipped).
     fn com_input(&self, want: usize) -> Vec<u8> {
         let mut got = Vec::new();
         while got.len() < want {
             match self.recv() {
                 Some(Packet::ComInput(bytes)) => got.extend(bytes),
+                Some(Packet::InputTo(_)) => {}
                 other => panic!("expected ComInput, got {other:?} after {got:?}"),
             }
         }
@@ -356,6 +358,8 @@ fn process_virtio_and_com1_merge_and_input_follows_the_last_writer() {
     c.send(Packet::Attach);
     c.guest_output(b"hvc: hello\n");
     assert_eq!(c.read_until(b"hello\n"), b"hvc: hello\n");
+    // The monitor was told, before that output showed, where input goes.
+    assert_eq!(c.recv(), Some(Packet::InputTo(Port::Virtio)));
 
     // Input goes to hvc0 now: held until the guest posts a buffer.
     c.type_keys(b"v");
@@ -373,9 +377,10 @@ fn process_virtio_and_com1_merge_and_input_follows_the_last_writer() {
     assert_eq!(c.fe().response(RX, used[0].id, used[0].len).unwrap(), b"w");
     assert_eq!(used[0].id, head);
 
-    // COM1 writes: input goes to COM1.
+    // COM1 writes: input goes to COM1, and the monitor is told first.
     c.com_output(b"com: login\n");
     assert_eq!(c.read_until(b"login\n"), b"com: login\n");
+    assert_eq!(c.recv(), Some(Packet::InputTo(Port::Com1)));
     c.type_keys(b"c");
     assert_eq!(c.com_input(1), b"c");
 

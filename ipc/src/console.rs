@@ -9,6 +9,8 @@
 //! | [`Packet::Attach`] `0x02` | monitor → dev-console | a client attaches: drop what is queued in the pty, replay the ring from its oldest byte, then follow live output |
 //! | [`Packet::Detach`] `0x03` | monitor → dev-console | the client left: output goes to the ring only |
 //! | [`Packet::ComInput`] `0x04` | dev-console → monitor | bytes typed at the console, for COM1's receive FIFO |
+//! | [`Packet::InputTo`] `0x05` + port (0 virtio, 1 COM1) | both | dev-console: typed input goes there from now on (sent before the output that changed it shows); monitor: where it went before, to a restarted dev-console |
+//! | [`Packet::Resume`] `0x06` | monitor → dev-console | a client was attached to the dev-console this one replaces: follow it, keep what it typed |
 //!
 //! The monitor sends without blocking and drops a packet the socket has no
 //! room for (a vCPU never waits for the console); nothing else is lost on
@@ -28,6 +30,22 @@ pub enum Packet {
     Detach,
     /// Console input for COM1.
     ComInput(Vec<u8>),
+    /// A client is attached already (to a restarted dev-console): send it
+    /// output, keep what it typed (no flush).
+    Resume,
+    /// Where typed input goes: the port the guest wrote output on last.
+    /// dev-console tells the monitor when it changes; the monitor tells a
+    /// restarted dev-console, which has seen no output yet.
+    InputTo(Port),
+}
+
+/// A console port of the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// The virtio-console port (hvc0).
+    Virtio,
+    /// COM1 (ttyS0).
+    Com1,
 }
 
 /// Why a packet is not one.
@@ -53,6 +71,8 @@ const COM_OUTPUT: u8 = 0x01;
 const ATTACH: u8 = 0x02;
 const DETACH: u8 = 0x03;
 const COM_INPUT: u8 = 0x04;
+const INPUT_TO: u8 = 0x05;
+const RESUME: u8 = 0x06;
 
 impl Packet {
     /// The packet on the wire.
@@ -66,6 +86,9 @@ impl Packet {
             Packet::Attach => (ATTACH, &[]),
             Packet::Detach => (DETACH, &[]),
             Packet::ComInput(bytes) => (COM_INPUT, bytes),
+            Packet::Resume => (RESUME, &[]),
+            Packet::InputTo(Port::Virtio) => (INPUT_TO, &[0]),
+            Packet::InputTo(Port::Com1) => (INPUT_TO, &[1]),
         };
         debug_assert!(payload.len() <= MAX_BYTES);
         let mut wire = Vec::with_capacity(1 + payload.len());
@@ -85,9 +108,15 @@ impl Packet {
             COM_OUTPUT | COM_INPUT if payload.is_empty() || payload.len() > MAX_BYTES => Err(bad()),
             COM_OUTPUT => Ok(Packet::ComOutput(payload.to_vec())),
             COM_INPUT => Ok(Packet::ComInput(payload.to_vec())),
-            ATTACH | DETACH if !payload.is_empty() => Err(bad()),
+            ATTACH | DETACH | RESUME if !payload.is_empty() => Err(bad()),
             ATTACH => Ok(Packet::Attach),
+            RESUME => Ok(Packet::Resume),
             DETACH => Ok(Packet::Detach),
+            INPUT_TO => match payload {
+                [0] => Ok(Packet::InputTo(Port::Virtio)),
+                [1] => Ok(Packet::InputTo(Port::Com1)),
+                _ => Err(bad()),
+            },
             other => Err(PacketError::UnknownTag(other)),
         }
     }
@@ -136,6 +165,9 @@ mod tests {
             Packet::Attach,
             Packet::Detach,
             Packet::ComInput(vec![0; MAX_BYTES]),
+            Packet::InputTo(Port::Virtio),
+            Packet::InputTo(Port::Com1),
+            Packet::Resume,
         ] {
             assert_eq!(Packet::decode(&p.encode()), Ok(p));
         }

@@ -175,3 +175,44 @@ fn dev_console_rss_kib(vmd: &Vmd) -> u64 {
     assert!(max > 0, "no dev-console under monitor {monitor}");
     max
 }
+
+/// dev-console killed under an attached `vmctl console`: it is restarted
+/// on the same pty, and the client, still attached, sees the guest's
+/// output go on and its typing reach the guest.
+#[test]
+fn an_attached_console_survives_a_killed_dev_console() {
+    if !kvm_or_skip("an_attached_console_survives_a_killed_dev_console") {
+        return;
+    }
+    let _one = serial();
+    let dir = Scratch::new("console-restart");
+    let vmd = Vmd::start(dir.path("").as_path(), &console_vm("r", ""));
+    vmd.vmctl(&["start", "r"]).ok();
+    let mut term = attach(&vmd, "r");
+    // The guest prints `ready` on COM1, then on hvc0, where it reads typed
+    // input: once both are through, typing goes to hvc0, the port that
+    // wrote last. Kill dev-console then: its successor has seen no output,
+    // and must learn the route from the monitor (as dev-console told it).
+    let start = std::time::Instant::now();
+    while term.seen().matches("VMDT console ready").count() < 2 {
+        assert!(start.elapsed() < SLOW, "no ready on hvc0:\n{}", term.seen());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let monitor: u32 = vmd.row("r").pid.parse().unwrap();
+    let pids = vmd_tests::vmd::children_named(monitor, "dev-console");
+    assert_eq!(pids.len(), 1, "one dev-console: {pids:?}");
+    // SAFETY: kill(2) on a pid read as the monitor's child.
+    assert_eq!(unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) }, 0);
+    vmd.wait_log("console: restarted as pid", 1, SLOW);
+    term.type_bytes(b"after restart\r");
+    term.expect("echo=after_restart", SLOW);
+    let before = term.seen().matches("alive n=").count();
+    let start = std::time::Instant::now();
+    while term.seen().matches("alive n=").count() <= before + 1 {
+        assert!(start.elapsed() < SLOW, "no live output:\n{}", term.seen());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    term.type_bytes(b"\r~.");
+    assert_eq!(term.wait(SLOW), Some(0), "{}", term.seen());
+    assert_eq!(vmd.row("r").state, "running");
+}

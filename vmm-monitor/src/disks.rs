@@ -199,6 +199,7 @@ fn spawn_dev_block(
         program,
         args,
         resources,
+        after_restart: None,
     };
     let connect = |socket| VhostUserDevice::connect(&name, socket, VIRTIO_ID_BLOCK, queues);
     let (supervisor, device) = Supervisor::start(

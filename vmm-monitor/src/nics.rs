@@ -80,6 +80,7 @@ pub fn attach(vm: &mut Vm, index: usize, nic: &NicFiles) -> Result<(), VmError> 
         program: sibling_binary("dev-net")?,
         args: dev_net_args(&nic.attach),
         resources: vec![tap],
+        after_restart: None,
     };
     let connect = |socket| VhostUserDevice::connect(&name, socket, VIRTIO_ID_NET, NET_QUEUES);
     let (supervisor, device) = Supervisor::start(

@@ -72,8 +72,11 @@ impl RestartPolicy {
     }
 }
 
+/// Run after each restart, once the new process has its state (e.g.
+/// telling a new dev-console that a client is attached).
+pub type AfterRestart = Box<dyn Fn() + Send + Sync>;
+
 /// How to start the device's process again.
-#[derive(Debug)]
 pub struct Recipe {
     /// The device's name ("disk0").
     pub name: String,
@@ -83,6 +86,8 @@ pub struct Recipe {
     pub args: Vec<String>,
     /// Its resources, passed as fds 4, 5, ... in this order.
     pub resources: Vec<OwnedFd>,
+    /// What to do once a restarted process has its state.
+    pub after_restart: Option<AfterRestart>,
 }
 
 /// A supervisor could not start its device.
@@ -302,9 +307,14 @@ impl Supervisor {
             return Err(e.into());
         }
         let pid = process.pid();
-        let mut current = self.lock();
-        current.process = Some(process);
-        current.restarts += 1;
+        {
+            let mut current = self.lock();
+            current.process = Some(process);
+            current.restarts += 1;
+        }
+        if let Some(after) = &self.recipe.after_restart {
+            after();
+        }
         Ok(pid)
     }
 }

@@ -28,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::bus::{Bus, BusError, SharedDevice};
 use crate::config::VmConfig;
 use crate::control::pause::PauseGate;
-use crate::device_proc::{DeviceProcess, LevelHandle};
+use crate::device_proc::LevelHandle;
 use crate::devices::acpi_pm::{AcpiPm, PM_BASE, PM_LEN, SCI_IRQ};
 use crate::devices::i8042::{I8042, I8042_DATA_PORT, I8042_LEN};
 use crate::devices::pci_host::{PciConfigIo, PCI_CONFIG_IO_BASE, PCI_CONFIG_IO_LEN};
@@ -159,10 +159,8 @@ pub struct Vm {
     // which KVM maps (see GuestRam::register).
     vcpus: Vec<Vcpu>,
     pci: PciDevices,
-    // Device processes die with the VM (their frontends are in `pci`).
-    processes: Vec<DeviceProcess>,
-    // Supervised device processes, restarted when they die; they die with
-    // the VM too.
+    // Device processes, each under a supervisor that restarts it while the
+    // VM runs; they die with the VM (their frontends are in `pci`).
     supervisors: Vec<Arc<crate::supervisor::Supervisor>>,
     _vm: Arc<VmFd>,
     _ram: GuestRam,
@@ -264,7 +262,6 @@ impl Vm {
             events,
             stopper: events_tx.stop_handle(),
             reporter: events_tx,
-            processes: Vec::new(),
             supervisors: Vec::new(),
             gate: Arc::new(PauseGate::new()),
             com1,
@@ -293,12 +290,6 @@ impl Vm {
         self.com1.clone()
     }
 
-    /// Makes `process` one of this VM's device processes: it dies with the
-    /// VM and takes `vmctl log` levels.
-    pub fn add_device_process(&mut self, process: DeviceProcess) {
-        self.processes.push(process);
-    }
-
     /// Makes `supervisor`'s device process one of this VM's: it is
     /// restarted while the VM runs and dies with it.
     pub fn add_supervisor(&mut self, supervisor: Arc<crate::supervisor::Supervisor>) {
@@ -307,10 +298,9 @@ impl Vm {
 
     /// Handles to set the log level of each device process of this VM.
     pub fn device_log_handles(&self) -> Vec<LevelHandle> {
-        self.processes
+        self.supervisors
             .iter()
-            .map(DeviceProcess::level_handle)
-            .chain(self.supervisors.iter().map(LevelHandle::supervised))
+            .map(LevelHandle::supervised)
             .collect()
     }
 

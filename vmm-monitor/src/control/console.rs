@@ -17,23 +17,25 @@
 //! - The monitor keeps the pty (master and slave) for its whole life; each
 //!   dev-console gets dups. So the pty, and the terminal a client holds,
 //!   survive a reboot (which starts a new dev-console) and a dev-console
-//!   that dies.
+//!   that dies, which its supervisor restarts on the same pty and side
+//!   channel (told at once if a client is attached). The ring of recent
+//!   output is the dead process's and goes with it.
 //! - Whether a client is attached is remembered here, and a new
 //!   dev-console is told at once, so output reaches an attached client
 //!   across reboots.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipc::console::{Packet, MAX_BYTES};
+use ipc::console::{Packet, Port, MAX_BYTES};
 
-use crate::device_proc::{sibling_binary, DeviceProcess};
+use crate::device_proc::sibling_binary;
 use crate::devices::com_queue::ComQueue;
 use crate::devices::serial::{ConsoleSink, Serial};
+use crate::supervisor::{Recipe, RestartPolicy, Supervisor};
 use crate::vhost_user::VhostUserDevice;
 use crate::vm::{Vm, VmError};
 
@@ -51,6 +53,9 @@ const FIFO_RETRY: Duration = Duration::from_millis(5);
 pub struct ConsoleLink {
     pty: ConsolePty,
     attached: AtomicBool,
+    /// Where dev-console last said typed input goes (see [`Route`]), kept
+    /// for its successor.
+    route: Arc<Route>,
     /// The side channel of the current dev-console.
     side: Mutex<Option<Arc<OwnedFd>>>,
 }
@@ -68,6 +73,7 @@ impl ConsoleLink {
         Self {
             pty,
             attached: AtomicBool::new(false),
+            route: Arc::new(Route::default()),
             side: Mutex::new(None),
         }
     }
@@ -82,12 +88,13 @@ impl ConsoleLink {
 
     /// Starts dev-console for `vm` on `pending`'s side channel, adds the
     /// virtio-console device, and feeds console input to COM1.
-    pub fn attach_to(&self, vm: &mut Vm, pending: PendingConsole) -> Result<(), VmError> {
+    pub fn attach_to(
+        self: &Arc<Self>,
+        vm: &mut Vm,
+        pending: PendingConsole,
+    ) -> Result<(), VmError> {
         let name = "console";
         let os = |what| move |source| VmError::Os { what, source };
-        let (ours, theirs) =
-            UnixStream::pair().map_err(os("create the console's vhost-user socket"))?;
-        let program = sibling_binary("dev-console")?;
         let args: Vec<String> = [
             "--socket-fd",
             "3",
@@ -101,32 +108,52 @@ impl ConsoleLink {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let fds = [
-            theirs.as_fd(),
-            self.pty.master.as_fd(),
-            self.pty.slave.as_fd(),
-            pending.theirs.as_fd(),
+        // The supervisor keeps its own copies: the pty and the side
+        // channel outlive a dev-console that dies, and its successor gets
+        // them again (COM1 packets sent meanwhile wait in the socket).
+        let keep = |fd: std::os::fd::BorrowedFd<'_>| {
+            fd.try_clone_to_owned()
+                .map_err(os("keep a copy of the console's fds"))
+        };
+        let resources = vec![
+            keep(self.pty.master.as_fd())?,
+            keep(self.pty.slave.as_fd())?,
+            pending.theirs,
         ];
-        let process = DeviceProcess::spawn_device(
-            name,
-            &program,
-            &args,
-            &fds,
-            vm.events(),
+        let link = Arc::downgrade(self);
+        let recipe = Recipe {
+            name: name.to_string(),
+            program: sibling_binary("dev-console")?,
+            args,
+            resources,
+            after_restart: Some(Box::new(move || {
+                if let Some(link) = link.upgrade() {
+                    link.tell_restarted();
+                }
+            })),
+        };
+        let connect =
+            |socket| VhostUserDevice::connect(name, socket, VIRTIO_ID_CONSOLE, CONSOLE_QUEUES);
+        let (supervisor, device) = Supervisor::start(
+            recipe,
             vm.device_sandbox(),
+            vm.events(),
+            RestartPolicy::default(),
+            connect,
         )?;
-        drop(theirs);
-        drop(pending.theirs);
-        let device = VhostUserDevice::connect(name, ours, VIRTIO_ID_CONSOLE, CONSOLE_QUEUES)?;
-        log::info!("console: served by dev-console pid {}", process.pid());
-        vm.add_device_process(process);
+        log::info!(
+            "console: served by dev-console pid {}",
+            supervisor.pid().unwrap_or_default()
+        );
+        vm.add_supervisor(supervisor);
         let slot = vm.add_virtio_device(Box::new(device))?;
         log::info!("console: virtio-console at PCI 00:{slot:02x}.0");
         let com1 = vm.com1();
         let reader = pending.ours.clone();
+        let route = self.route.clone();
         std::thread::Builder::new()
             .name("console-in".into())
-            .spawn(move || feed_com1(&reader, &com1))
+            .spawn(move || feed_com1(&reader, &com1, &route))
             .map_err(os("start the console input thread"))?;
         *self.side.lock().unwrap_or_else(|p| p.into_inner()) = Some(pending.ours.clone());
         if self.attached.load(Ordering::Acquire) {
@@ -134,6 +161,23 @@ impl ConsoleLink {
                 .map_err(os("tell the new dev-console a client is attached"))?;
         }
         Ok(())
+    }
+
+    /// Tells a restarted dev-console where typed input went and whether a
+    /// client is attached.
+    fn tell_restarted(&self) {
+        let side = self.side.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(side) = side else { return };
+        let mut packets = Vec::new();
+        packets.extend(self.route.get().map(Packet::InputTo));
+        if self.attached.load(Ordering::Acquire) {
+            packets.push(Packet::Resume);
+        }
+        for packet in packets {
+            if let Err(e) = send(&side, &packet) {
+                log::warn!("console: cannot tell the restarted dev-console {packet:?}: {e}");
+            }
+        }
     }
 
     /// A client attached (`true`) or left: tells the current dev-console.
@@ -184,7 +228,30 @@ fn send(side: &OwnedFd, packet: &Packet) -> io::Result<()> {
 
 /// The input thread of one dev-console: ComInput packets into COM1's
 /// receive FIFO, waiting while it is full, until the side channel closes.
-fn feed_com1(side: &OwnedFd, com1: &Mutex<Serial>) {
+/// Where typed input goes, as dev-console last said: 0 unknown, 1 the
+/// virtio port, 2 COM1.
+#[derive(Default)]
+struct Route(std::sync::atomic::AtomicU8);
+
+impl Route {
+    fn set(&self, port: Port) {
+        let value = match port {
+            Port::Virtio => 1,
+            Port::Com1 => 2,
+        };
+        self.0.store(value, Ordering::Release);
+    }
+
+    fn get(&self) -> Option<Port> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(Port::Virtio),
+            2 => Some(Port::Com1),
+            _ => None,
+        }
+    }
+}
+
+fn feed_com1(side: &OwnedFd, com1: &Mutex<Serial>, route: &Route) {
     let mut buf = vec![0u8; MAX_BYTES + 1];
     loop {
         // SAFETY: recv writes at most `buf.len()` bytes into a live buffer.
@@ -203,6 +270,11 @@ fn feed_com1(side: &OwnedFd, com1: &Mutex<Serial>) {
         };
         let input = match Packet::decode(&buf[..n]) {
             Ok(Packet::ComInput(bytes)) => bytes,
+            Ok(Packet::InputTo(port)) => {
+                log::debug!("console: typed input goes to {port:?}");
+                route.set(port);
+                continue;
+            }
             Ok(other) => {
                 log::warn!("console: dev-console sent {other:?}, which only the monitor sends");
                 continue;
