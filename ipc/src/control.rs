@@ -205,10 +205,31 @@ pub enum Request {
     Reset(ResetTarget),
     /// Set the log level of vmd and of every process of every VM.
     Log(LogVerbosity),
+    /// List the VM's device processes (`vmctl device list`): answered by
+    /// [`Response::Devices`].
+    DeviceList(VmRef),
+    /// Restart one device process of the VM (`vmctl device restart`).
+    DeviceRestart {
+        /// The VM.
+        vm: VmRef,
+        /// The device, e.g. "disk0", "net0", "console".
+        device: String,
+    },
     /// Attach to the VM's console (`vmctl console`): answered by
     /// [`Response::Console`] with the pty's fd; the connection stays open
     /// for as long as the client is attached, and its end detaches.
     Console(VmRef),
+}
+
+/// One device process of a VM, as `vmctl device list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// The device ("disk0", "net0", "console").
+    pub name: String,
+    /// The running process, `None` while it is being restarted.
+    pub pid: Option<u32>,
+    /// Times it was restarted.
+    pub restarts: u64,
 }
 
 /// A VM's state, as `vmctl status` shows it.
@@ -318,6 +339,15 @@ pub enum Response {
         name: String,
         /// The pty's path, for messages.
         tty: String,
+    },
+    /// The answer to [`Request::DeviceList`].
+    Devices {
+        /// The VM's id.
+        id: u32,
+        /// Its name.
+        name: String,
+        /// Its device processes.
+        devices: Vec<DeviceStatus>,
     },
     /// The request failed; nothing was changed.
     Error {

@@ -48,7 +48,7 @@ pub use peer::{peer_credentials, PeerCred};
 /// or retyped, an enum variant added or reordered — bincode encodes
 /// positions, not names). vmd re-adopts monitors started by an earlier vmd,
 /// so both ends may come from different builds.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// An error and each of its causes, joined by ": ", for the one line a
 /// process logs (and reports to its parent) before it exits.

@@ -163,6 +163,12 @@ pub enum ToMonitor {
     ConsoleAttach,
     /// That client left: console output goes to the ring only.
     ConsoleDetach,
+    /// List the VM's device processes: answered by
+    /// [`FromMonitor::Devices`].
+    Devices,
+    /// Restart device process `0` (e.g. "disk0"): it is killed, and its
+    /// supervisor starts another as for any death.
+    RestartDevice(String),
     /// A network interface, with its tap's fd (sent between the Disks and
     /// Run).
     Nic(NicAttach),
@@ -216,6 +222,8 @@ pub enum FromMonitor {
     /// A request failed (for [`ToMonitor::Run`]: the VM could not be
     /// built, and the monitor exits).
     Failed(String),
+    /// The answer to [`ToMonitor::Devices`].
+    Devices(Vec<crate::control::DeviceStatus>),
     /// The guest reset; the monitor rebuilt the VM and it runs again.
     Rebooted,
     /// The VM ended; the monitor exits next.

@@ -531,3 +531,54 @@ fn a_killed_device_is_restarted_sandboxed_and_the_vm_runs_on() {
     assert_eq!(row.pid, monitor.to_string(), "the same monitor runs the VM");
     vmd.vmctl(&["stop", "-f", "-w", "again"]).ok();
 }
+
+/// `vmctl device list` shows a running VM's device processes with their
+/// pids and restarts; `vmctl device restart` kills one, and its monitor
+/// restarts it as after any death.
+#[test]
+fn vmctl_device_lists_and_restarts_a_vms_devices() {
+    let test = "vmctl_device_lists_and_restarts_a_vms_devices";
+    if !kvm_and_root_or_skip(test) {
+        return;
+    }
+    let scratch = Scratch::new("sandbox-device-cmd");
+    let (vmd, monitor, _) = running_ticker_vm(&scratch, "dev");
+    let pid_of = |listing: &str, device: &str| -> (u32, u64) {
+        let line = listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(device))
+            .unwrap_or_else(|| panic!("no {device} in:\n{listing}"));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields[1].parse().unwrap(), fields[2].parse().unwrap())
+    };
+    let listing = vmd.vmctl(&["device", "list", "dev"]).ok().to_string();
+    assert!(listing.starts_with("DEVICE"), "{listing}");
+    let (disk_pid, restarts) = pid_of(&listing, "disk0");
+    assert_eq!(restarts, 0, "{listing}");
+    assert_eq!(
+        children_named(monitor, "dev-block"),
+        [disk_pid],
+        "{listing}"
+    );
+    let (console_pid, _) = pid_of(&listing, "console");
+    assert_eq!(children_named(monitor, "dev-console"), [console_pid]);
+
+    vmd.vmctl(&["device", "restart", "dev", "disk0"]).ok();
+    vmd.wait_log("disk0: restarted as pid", 1, Duration::from_secs(10));
+    let listing = vmd.vmctl(&["device", "list", "dev"]).ok().to_string();
+    let (new_pid, restarts) = pid_of(&listing, "disk0");
+    assert_eq!(restarts, 1, "{listing}");
+    assert_ne!(new_pid, disk_pid, "{listing}");
+    assert_eq!(children_named(monitor, "dev-block"), [new_pid]);
+    assert_eq!(
+        pid_of(&listing, "console").0,
+        console_pid,
+        "the console untouched"
+    );
+
+    vmd.vmctl(&["device", "restart", "dev", "disk9"])
+        .fails_with("has no device disk9");
+    vmd.vmctl(&["stop", "-f", "-w", "dev"]).ok();
+    vmd.vmctl(&["device", "list", "dev"])
+        .fails_with("is not running");
+}

@@ -25,6 +25,7 @@ const MAX_MEMORY: u64 = 1 << 40;
 pub const COMMANDS: &[(&str, &str)] = &[
     ("console", "console id"),
     ("create", "create [-b base | -i disk] [-s size] disk"),
+    ("device", "device list id | device restart id device"),
     ("load", "load filename"),
     ("log", "log brief | verbose"),
     ("pause", "pause id"),
@@ -99,6 +100,7 @@ pub fn run(command: &str, args: &[String]) -> Outcome {
         "log" => log(args),
         "create" => create(args),
         "console" => console(args),
+        "device" => device(args),
         other => Err(Failure(format!("unknown command: {other}"))),
     }
 }
@@ -320,6 +322,34 @@ fn simple_vm(command: &str, args: &[String], make: fn(VmRef) -> Request) -> Outc
             Ok(())
         }
         other => Err(unexpected(&other)),
+    }
+}
+
+/// `vmctl device list id`: the VM's device processes (name, pid,
+/// restarts); `vmctl device restart id device`: kill that process, which
+/// the VM's monitor restarts (the guest sees a pause).
+fn device(args: &[String]) -> Outcome {
+    let p = parse("device", args, "")?;
+    match p.operands.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["list", vm] => {
+            let request = Request::DeviceList(vm_ref(vm)?);
+            let (_, response) = ask(&request, "device list failed")?;
+            match response {
+                Response::Devices { devices, .. } => {
+                    print!("{}", crate::output::devices_table(&devices));
+                    Ok(())
+                }
+                other => Err(unexpected(&other)),
+            }
+        }
+        ["restart", vm, device] => {
+            let request = Request::DeviceRestart {
+                vm: vm_ref(vm)?,
+                device: device.to_string(),
+            };
+            done(&request, "device restart")
+        }
+        _ => Err(usage_of("device")),
     }
 }
 

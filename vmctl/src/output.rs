@@ -88,6 +88,25 @@ pub fn status_json(vms: &[VmStatus]) -> String {
     serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
 }
 
+/// `vmctl device list`: one line per device process.
+pub fn devices_table(devices: &[ipc::control::DeviceStatus]) -> String {
+    let mut text = format!(
+        "{:<10} {:>8} {:>8}  {}\n",
+        "DEVICE", "PID", "RESTARTS", "STATE"
+    );
+    for d in devices {
+        let (pid, state) = match d.pid {
+            Some(pid) => (pid.to_string(), "running"),
+            None => ("-".to_string(), "restarting"),
+        };
+        text.push_str(&format!(
+            "{:<10} {:>8} {:>8}  {}\n",
+            d.name, pid, d.restarts, state
+        ));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

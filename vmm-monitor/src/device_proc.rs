@@ -373,6 +373,12 @@ impl DeviceProcess {
         kill(&self.child);
     }
 
+    /// Sends the process SIGKILL now, if it is not reaped yet (its waiter
+    /// then reports its death as usual).
+    pub fn kill_now(&self) {
+        kill(&self.child);
+    }
+
     /// The process ID.
     pub fn pid(&self) -> u32 {
         self.pid

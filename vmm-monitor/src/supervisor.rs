@@ -186,6 +186,15 @@ impl Supervisor {
         self.lock().restarts
     }
 
+    /// Kills the running process (as an operator's restart: its death is
+    /// handled as any other); returns its pid, `None` if none runs.
+    pub fn restart_now(&self) -> Option<u32> {
+        let current = self.lock();
+        let process = current.process.as_ref()?;
+        process.kill_now();
+        Some(process.pid())
+    }
+
     /// Sets the running process's log level (`Ok(false)`: none runs).
     pub fn set_level(&self, level: log::LevelFilter) -> std::io::Result<bool> {
         let handle = self

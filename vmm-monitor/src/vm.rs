@@ -296,6 +296,12 @@ impl Vm {
         self.supervisors.push(supervisor);
     }
 
+    /// The supervisors of this VM's device processes, without keeping them
+    /// alive.
+    pub fn supervisor_handles(&self) -> Vec<std::sync::Weak<crate::supervisor::Supervisor>> {
+        self.supervisors.iter().map(Arc::downgrade).collect()
+    }
+
     /// Handles to set the log level of each device process of this VM.
     pub fn device_log_handles(&self) -> Vec<LevelHandle> {
         self.supervisors

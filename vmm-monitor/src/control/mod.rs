@@ -102,7 +102,10 @@ impl Machine {
                 log::warn!("{}: cannot set its log level: {e}", device.name());
             }
         }
-        Ok(shared.set_vm(vm.events(), devices).then_some(vm))
+        let supervisors = vm.supervisor_handles();
+        Ok(shared
+            .set_vm(vm.events(), devices, supervisors)
+            .then_some(vm))
     }
 }
 

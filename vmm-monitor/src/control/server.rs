@@ -25,7 +25,7 @@
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use ipc::monitor::{FromMonitor, ToMonitor, VmRecord};
@@ -34,6 +34,7 @@ use ipc::{error_chain, Channel, IpcError};
 use super::pause::{PauseGate, PAUSE_TIMEOUT};
 use crate::device_proc::LevelHandle;
 use crate::exit::{VmEvent, VmEvents};
+use crate::supervisor::Supervisor;
 
 /// How long a new connection has to say Hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,6 +53,8 @@ struct Conn {
 struct VmSlot {
     events: Option<VmEvents>,
     devices: Vec<LevelHandle>,
+    /// The device processes' supervisors (the VM owns them).
+    supervisors: Vec<Weak<Supervisor>>,
     stop_requested: bool,
 }
 
@@ -89,10 +92,16 @@ impl Shared {
     /// Makes the VM whose events are `events` (and devices `devices`) the
     /// one requests act on; false if a Stop came while there was none (then
     /// the VM must not run).
-    pub fn set_vm(&self, events: VmEvents, devices: Vec<LevelHandle>) -> bool {
+    pub fn set_vm(
+        &self,
+        events: VmEvents,
+        devices: Vec<LevelHandle>,
+        supervisors: Vec<Weak<Supervisor>>,
+    ) -> bool {
         let mut vm = lock(&self.vm);
         vm.events = Some(events);
         vm.devices = devices;
+        vm.supervisors = supervisors;
         !vm.stop_requested
     }
 
@@ -101,6 +110,40 @@ impl Shared {
         let mut vm = lock(&self.vm);
         vm.events = None;
         vm.devices.clear();
+        vm.supervisors.clear();
+    }
+
+    /// The running VM's device processes.
+    fn device_list(&self) -> Vec<ipc::control::DeviceStatus> {
+        lock(&self.vm)
+            .supervisors
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|s| ipc::control::DeviceStatus {
+                name: s.name().to_string(),
+                pid: s.pid(),
+                restarts: s.restarts(),
+            })
+            .collect()
+    }
+
+    /// Kills device process `name`; its supervisor restarts it.
+    fn restart_device(&self, name: &str) -> FromMonitor {
+        let supervisor = lock(&self.vm)
+            .supervisors
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|s| s.name() == name);
+        match supervisor {
+            None => FromMonitor::Failed(format!("this VM has no device {name}")),
+            Some(supervisor) => match supervisor.restart_now() {
+                Some(pid) => {
+                    log::info!("{name}: restart of pid {pid} asked by vmd");
+                    FromMonitor::Done
+                }
+                None => FromMonitor::Failed(format!("{name} is being restarted already")),
+            },
+        }
     }
 
     /// Sends `event` to the current vmd, if one is connected; a failed
@@ -267,6 +310,8 @@ impl Shared {
                     },
                 }
             }
+            ToMonitor::Devices => FromMonitor::Devices(self.device_list()),
+            ToMonitor::RestartDevice(name) => self.restart_device(name),
             ToMonitor::Launch(_) | ToMonitor::Disk(_) | ToMonitor::Nic(_) | ToMonitor::Run => {
                 FromMonitor::Failed("the VM is already running".into())
             }

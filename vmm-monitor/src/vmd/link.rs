@@ -96,6 +96,25 @@ impl MonitorLink {
         self.pid
     }
 
+    /// Sends `request` and returns the monitor's answer (not `Done`: an
+    /// answer with data, e.g. [`FromMonitor::Devices`]).
+    pub fn ask(&self, request: &ToMonitor) -> Result<FromMonitor, LinkError> {
+        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        while replies.try_recv().is_ok() {}
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(request, &[])?;
+        match replies.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(FromMonitor::Failed(why)) => Err(LinkError::Failed(why)),
+            Ok(answer) => Ok(answer),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                Err(LinkError::Timeout(REQUEST_TIMEOUT))
+            }
+            Err(_) => Err(LinkError::Gone),
+        }
+    }
+
     /// Sends `request` and waits for its answer.
     pub fn request(&self, request: &ToMonitor) -> Result<(), LinkError> {
         let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());

@@ -33,6 +33,8 @@ pub fn handle(vmd: &Arc<Vmd>, peer: &Peer, request: Request, reply: &mut dyn FnM
         Request::Reload => root(peer, "reload").and_then(|_| reload(vmd)),
         Request::Reset(target) => root(peer, "reset").and_then(|_| reset(vmd, target)),
         Request::Log(level) => root(peer, "log").and_then(|_| set_log(vmd, level)),
+        Request::DeviceList(vm) => device_list(vmd, peer, &vm),
+        Request::DeviceRestart { vm, device } => device_restart(vmd, peer, &vm, &device),
         Request::Console(_) => Err(Refusal::new(
             ErrorKind::Invalid,
             "a console request needs its own connection",
@@ -78,6 +80,57 @@ pub(super) fn controlled(vmd: &Vmd, peer: &Peer, vm: &VmRef, what: &str) -> Resu
         ));
     }
     Ok(entry.id)
+}
+
+/// The link and name of running VM `vm`, which `peer` may control.
+fn running_link(
+    vmd: &Vmd,
+    peer: &Peer,
+    vm: &VmRef,
+    what: &str,
+) -> Result<(u32, String, Arc<super::link::MonitorLink>), Refusal> {
+    let id = controlled(vmd, peer, vm, what)?;
+    let state = vmd.lock();
+    let entry = state.vms.get(id).ok_or_else(|| not_found(vm))?;
+    let link = entry.link.clone().ok_or_else(|| {
+        Refusal::new(
+            ErrorKind::Already,
+            format!("vm '{}' is not running", entry.spec.name),
+        )
+    })?;
+    Ok((id, entry.spec.name.clone(), link))
+}
+
+fn link_refusal(name: &str, e: &super::link::LinkError) -> Refusal {
+    Refusal::new(
+        ErrorKind::Host,
+        format!("vm '{name}': {}", ipc::error_chain(e)),
+    )
+}
+
+/// `vmctl device list`: the VM's device processes, from its monitor.
+fn device_list(vmd: &Vmd, peer: &Peer, vm: &VmRef) -> Result<Response, Refusal> {
+    let (id, name, link) = running_link(vmd, peer, vm, "list the devices of")?;
+    match link.ask(&ToMonitor::Devices) {
+        Ok(ipc::monitor::FromMonitor::Devices(devices)) => {
+            Ok(Response::Devices { id, name, devices })
+        }
+        Ok(other) => Err(Refusal::new(
+            ErrorKind::Host,
+            format!("vm '{name}': the monitor answered {other:?}"),
+        )),
+        Err(e) => Err(link_refusal(&name, &e)),
+    }
+}
+
+/// `vmctl device restart`: the monitor kills the device's process, whose
+/// supervisor restarts it as after any death.
+fn device_restart(vmd: &Vmd, peer: &Peer, vm: &VmRef, device: &str) -> Result<Response, Refusal> {
+    let (_, name, link) = running_link(vmd, peer, vm, "restart a device of")?;
+    link.request(&ToMonitor::RestartDevice(device.to_string()))
+        .map_err(|e| link_refusal(&name, &e))?;
+    log::info!("vm '{name}': {device} restarted by {}", peer.name());
+    Ok(Response::Done(format!("restarting {device} of vm {name}")))
 }
 
 fn status(vmd: &Vmd) -> Response {
