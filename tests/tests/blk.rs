@@ -262,6 +262,71 @@ fn drain_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
     })
 }
 
+/// The monitor running the guest with `cmdline` on `image` (2 vCPUs,
+/// 256 MiB): its log read by a thread ([`drain_stderr`]), its console's
+/// lines sent to a channel as they come.
+fn watched_monitor(
+    cmdline: &str,
+    image: &str,
+) -> (
+    Child,
+    std::thread::JoinHandle<String>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let mut child = Monitor::guest(cmdline)
+        .cpus(2)
+        .memory("256M")
+        .disk(image)
+        .command()
+        .spawn()
+        .expect("start vmm-monitor");
+    let log = drain_stderr(&mut child);
+    let mut console = BufReader::new(child.stdout.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while console.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = tx.send(std::mem::take(&mut line));
+        }
+    });
+    (child, log, lines)
+}
+
+/// Kills monitor `monitor`'s dev-block `kills` times, at pauses drawn from
+/// `pause_ms` (a fixed xorshift sequence: different moments, the same
+/// every run), reading the guest's `lines` into `output` meanwhile, until
+/// the guest's verdict; returns the pids killed.
+fn kill_dev_block_repeatedly(
+    monitor: u32,
+    lines: &std::sync::mpsc::Receiver<String>,
+    output: &mut String,
+    kills: usize,
+    pause_ms: std::ops::Range<u64>,
+) -> Vec<i32> {
+    let mut killed = Vec::new();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    while killed.len() < kills && !output.contains("VMDT PASS") && !output.contains("VMDT FAIL") {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let pause = Duration::from_millis(pause_ms.start + seed % (pause_ms.end - pause_ms.start));
+        let until = Instant::now() + pause;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) => *output += &line,
+                Err(_) => break,
+            }
+        }
+        if let [pid] = dev_block_children(monitor)[..] {
+            // SAFETY: kill(2) on a pid just read as our child's child.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                killed.push(pid);
+            }
+        }
+    }
+    killed
+}
+
 /// The dev-block children of monitor `pid`.
 fn dev_block_children(pid: u32) -> Vec<i32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -282,23 +347,7 @@ fn a_killed_dev_block_is_restarted_and_the_guest_sees_no_error() {
     }
     let scratch = Scratch::new("blk-dies");
     let image = raw_image(&scratch, "d.img", 512);
-    let mut child = Monitor::guest("test=blk-rw")
-        .cpus(2)
-        .memory("256M")
-        .disk(&image)
-        .command()
-        .spawn()
-        .expect("start vmm-monitor");
-    let log_reader = drain_stderr(&mut child);
-    let mut console = BufReader::new(child.stdout.take().unwrap());
-    // The console on a thread of its own: the guest's lines as they come.
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while console.read_line(&mut line).unwrap_or(0) > 0 {
-            let _ = tx.send(std::mem::take(&mut line));
-        }
-    });
+    let (mut child, log_reader, lines) = watched_monitor("test=blk-rw", &image);
     let mut output = String::new();
     while !output.contains("VMDT BEGIN") {
         output += &lines
@@ -308,26 +357,7 @@ fn a_killed_dev_block_is_restarted_and_the_guest_sees_no_error() {
     // Kill its dev-block again and again while the guest writes and
     // verifies, each at a different moment, each kill past the quick-death
     // window of the restart policy.
-    let mut killed = Vec::new();
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    while killed.len() < 12 && !output.contains("VMDT PASS") && !output.contains("VMDT FAIL") {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let pause = Duration::from_millis(300 + seed % 300);
-        while let Ok(line) = lines.recv_timeout(pause) {
-            output += &line;
-        }
-        let pids = dev_block_children(child.id());
-        let Some(&pid) = pids.first() else {
-            continue;
-        };
-        assert_eq!(pids.len(), 1, "one dev-block at a time: {pids:?}");
-        // SAFETY: kill(2) on a pid we just read as our child's child.
-        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-            killed.push(pid);
-        }
-    }
+    let killed = kill_dev_block_repeatedly(child.id(), &lines, &mut output, 12, 300..600);
     let status = child.wait().unwrap();
     while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
         output += &line;
@@ -359,47 +389,17 @@ fn dev_block_killed_100_times_under_load_loses_nothing() {
     const KILLS: usize = 100;
     let scratch = Scratch::new("blk-100-kills");
     let image = raw_image(&scratch, "d.img", 64);
-    let mut child = Monitor::guest("test=blk-stall secs=45 depth=32 size=16 top=120")
-        .cpus(2)
-        .memory("256M")
-        .disk(&image)
-        .command()
-        .spawn()
-        .expect("start vmm-monitor");
-    let log_reader = drain_stderr(&mut child);
-    let mut console = BufReader::new(child.stdout.take().unwrap());
-    let (tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while console.read_line(&mut line).unwrap_or(0) > 0 {
-            let _ = tx.send(std::mem::take(&mut line));
-        }
-    });
+    let cmdline = "test=blk-stall secs=45 depth=32 size=16 top=120";
+    let (mut child, log_reader, lines) = watched_monitor(cmdline, &image);
     let mut output = String::new();
     while !output.contains("device=") {
         output += &lines
             .recv_timeout(Duration::from_secs(30))
             .expect("the guest starts");
     }
-    let mut killed = Vec::new();
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    while killed.len() < KILLS && !output.contains("VMDT PASS") && !output.contains("VMDT FAIL") {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        // Past the restart policy's quick-death window (250 ms), so that
-        // each kill is restarted at once.
-        let pause = Duration::from_millis(260 + seed % 100);
-        while let Ok(line) = lines.recv_timeout(pause) {
-            output += &line;
-        }
-        if let [pid] = dev_block_children(child.id())[..] {
-            // SAFETY: kill(2) on a pid just read as our child's child.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
-                killed.push(pid);
-            }
-        }
-    }
+    // Past the restart policy's quick-death window (250 ms), so that each
+    // kill is restarted at once.
+    let killed = kill_dev_block_repeatedly(child.id(), &lines, &mut output, KILLS, 260..360);
     let status = child.wait().unwrap();
     while let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
         output += &line;

@@ -115,23 +115,11 @@ impl MonitorLink {
         }
     }
 
-    /// Sends `request` and waits for its answer.
+    /// Sends `request` and waits for its answer, `Done`.
     pub fn request(&self, request: &ToMonitor) -> Result<(), LinkError> {
-        let replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
-        // Drop answers left over from a request that timed out.
-        while replies.try_recv().is_ok() {}
-        self.writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(request, &[])?;
-        match replies.recv_timeout(REQUEST_TIMEOUT) {
-            Ok(FromMonitor::Done) => Ok(()),
-            Ok(FromMonitor::Failed(why)) => Err(LinkError::Failed(why)),
-            Ok(other) => Err(LinkError::Protocol(format!("{other:?}"))),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                Err(LinkError::Timeout(REQUEST_TIMEOUT))
-            }
-            Err(_) => Err(LinkError::Gone),
+        match self.ask(request)? {
+            FromMonitor::Done => Ok(()),
+            other => Err(LinkError::Protocol(format!("{other:?}"))),
         }
     }
 
