@@ -565,6 +565,14 @@ fn vmctl_device_lists_and_restarts_a_vms_devices() {
 
     vmd.vmctl(&["device", "restart", "dev", "disk0"]).ok();
     vmd.wait_log("disk0: restarted as pid", 1, Duration::from_secs(10));
+    // Asked for, not a crash: restarted at once, however young the process
+    // was (the crash-loop backoff would wait 10 ms and count it).
+    let log = vmd.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("disk0 (pid {disk_pid})")))
+        .unwrap_or_else(|| panic!("no death logged:\n{log}"));
+    assert!(line.ends_with("restarting it"), "{line}");
     let listing = vmd.vmctl(&["device", "list", "dev"]).ok().to_string();
     let (new_pid, restarts) = pid_of(&listing, "disk0");
     assert_eq!(restarts, 1, "{listing}");

@@ -120,6 +120,9 @@ struct Current {
     streak: u32,
     /// Restarts so far.
     restarts: u64,
+    /// The running process was killed on purpose ([`Supervisor::restart_now`]):
+    /// its death is no crash.
+    asked: bool,
 }
 
 /// One supervised device process.
@@ -156,6 +159,7 @@ impl Supervisor {
                 started: Instant::now(),
                 streak: 0,
                 restarts: 0,
+                asked: false,
             }),
             me: me.clone(),
         });
@@ -189,10 +193,13 @@ impl Supervisor {
     /// Kills the running process (as an operator's restart: its death is
     /// handled as any other); returns its pid, `None` if none runs.
     pub fn restart_now(&self) -> Option<u32> {
-        let current = self.lock();
-        let process = current.process.as_ref()?;
-        process.kill_now();
-        Some(process.pid())
+        let mut current = self.lock();
+        let pid = current.process.as_ref()?.pid();
+        current.asked = true;
+        if let Some(process) = current.process.as_ref() {
+            process.kill_now();
+        }
+        Some(pid)
     }
 
     /// Sets the running process's log level (`Ok(false)`: none runs).
@@ -252,10 +259,15 @@ impl Supervisor {
                     return;
                 }
                 let old = current.process.take().map(|p| p.pid());
-                if current.started.elapsed() < self.policy.quick {
-                    current.streak += 1;
-                } else {
-                    current.streak = 0;
+                // A restart asked for is no crash: it neither counts toward
+                // nor breaks a streak.
+                let asked = std::mem::take(&mut current.asked);
+                if !asked {
+                    if current.started.elapsed() < self.policy.quick {
+                        current.streak += 1;
+                    } else {
+                        current.streak = 0;
+                    }
                 }
                 (self.policy.delay(current.streak), current.streak, old)
             };
