@@ -302,7 +302,7 @@ fn kill_dev_block_repeatedly(
     output: &mut String,
     kills: usize,
     pause_ms: std::ops::Range<u64>,
-) -> Vec<i32> {
+) -> Vec<u32> {
     let mut killed = Vec::new();
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     while killed.len() < kills && !output.contains("VMDT PASS") && !output.contains("VMDT FAIL") {
@@ -317,27 +317,14 @@ fn kill_dev_block_repeatedly(
                 Err(_) => break,
             }
         }
-        if let [pid] = dev_block_children(monitor)[..] {
+        if let [pid] = vmd_tests::vmd::children_named(monitor, "dev-block")[..] {
             // SAFETY: kill(2) on a pid just read as our child's child.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
                 killed.push(pid);
             }
         }
     }
     killed
-}
-
-/// The dev-block children of monitor `pid`.
-fn dev_block_children(pid: u32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.trim() == "dev-block")
-        })
-        .collect()
 }
 
 #[test]

@@ -201,13 +201,13 @@ fn spawn_dev_block(
         resources,
         after_restart: None,
     };
-    let connect = |socket| VhostUserDevice::connect(&name, socket, VIRTIO_ID_BLOCK, queues);
     let (supervisor, device) = Supervisor::start(
         recipe,
         sandbox,
         events.clone(),
         RestartPolicy::default(),
-        connect,
+        VIRTIO_ID_BLOCK,
+        queues,
     )?;
     log::info!(
         "{name}: {} served by dev-block pid {}",

@@ -15,7 +15,6 @@ use ipc::monitor::NicAttach;
 
 use crate::device_proc::sibling_binary;
 use crate::supervisor::{Recipe, RestartPolicy, Supervisor};
-use crate::vhost_user::VhostUserDevice;
 use crate::vm::{Vm, VmError};
 
 /// The virtio device ID of a network card (virtio 1.2 §5).
@@ -82,21 +81,20 @@ pub fn attach(vm: &mut Vm, index: usize, nic: &NicFiles) -> Result<(), VmError> 
         resources: vec![tap],
         after_restart: None,
     };
-    let connect = |socket| VhostUserDevice::connect(&name, socket, VIRTIO_ID_NET, NET_QUEUES);
     let (supervisor, device) = Supervisor::start(
         recipe,
         vm.device_sandbox(),
         vm.events(),
         RestartPolicy::default(),
-        connect,
+        VIRTIO_ID_NET,
+        NET_QUEUES,
     )?;
     log::info!(
         "{name}: tap {} served by dev-net pid {}",
         nic.attach.tap,
         supervisor.pid().unwrap_or_default()
     );
-    vm.add_supervisor(supervisor);
-    let slot = vm.add_virtio_device(Box::new(device))?;
+    let slot = vm.add_supervised_device(supervisor, device)?;
     log::info!("{name}: virtio-net at PCI 00:{slot:02x}.0");
     Ok(())
 }

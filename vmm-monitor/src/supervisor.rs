@@ -137,15 +137,16 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts the device's first process and connects to it with
-    /// `connect` (the negotiation); returns the supervisor and the device
-    /// for the transport.
+    /// Starts the device's first process and negotiates with it (a virtio
+    /// device of type `device_type` with `queues` queues); returns the
+    /// supervisor and the device for the transport.
     pub fn start(
         recipe: Recipe,
         sandbox: &DeviceSandbox,
         events: VmEvents,
         policy: RestartPolicy,
-        connect: impl FnOnce(UnixStream) -> Result<VhostUserDevice, crate::vhost_user::Error>,
+        device_type: u32,
+        queues: u16,
     ) -> Result<(Arc<Self>, SharedDevice), SupervisorError> {
         let supervisor = Arc::new_cyclic(|me| Self {
             recipe,
@@ -164,7 +165,9 @@ impl Supervisor {
             me: me.clone(),
         });
         let (process, socket) = supervisor.spawn(0)?;
-        let device = SharedDevice::new(connect(socket)?);
+        let name = &supervisor.recipe.name;
+        let connected = VhostUserDevice::connect(name, socket, device_type, queues)?;
+        let device = SharedDevice::new(connected);
         // The first process is in place before anything can restart it.
         let _ = supervisor.device.set(device.clone());
         supervisor.lock().process = Some(process);

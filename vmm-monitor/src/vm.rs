@@ -290,10 +290,17 @@ impl Vm {
         self.com1.clone()
     }
 
-    /// Makes `supervisor`'s device process one of this VM's: it is
-    /// restarted while the VM runs and dies with it.
-    pub fn add_supervisor(&mut self, supervisor: Arc<crate::supervisor::Supervisor>) {
+    /// Adds `device`, served by `supervisor`'s process, as a virtio-pci
+    /// function (see [`add_virtio_device`](Self::add_virtio_device)); the
+    /// process is restarted while the VM runs and dies with it. Returns
+    /// the slot.
+    pub fn add_supervised_device(
+        &mut self,
+        supervisor: Arc<crate::supervisor::Supervisor>,
+        device: crate::vhost_user::SharedDevice,
+    ) -> Result<u8, VmError> {
         self.supervisors.push(supervisor);
+        self.add_virtio_device(Box::new(device))
     }
 
     /// The supervisors of this VM's device processes, without keeping them

@@ -33,8 +33,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vmd_tests::bench::{
-    drain, exit_code, handle_signals, interrupted, lines, median, process_name, Guard, Result,
-    Scratch,
+    drain, exit_code, handle_signals, interrupted, lines, median, Guard, Result, Scratch,
 };
 
 const CPUS: usize = 2;
@@ -140,15 +139,6 @@ impl Jitter {
         let quarter = (pause_ms / 4).max(1);
         Duration::from_millis(pause_ms - quarter + self.0 % (2 * quarter))
     }
-}
-
-/// The dev-block children of process `pid` (its main thread's).
-fn dev_block_of(pid: libc::pid_t) -> Option<libc::pid_t> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .ok()?
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .find(|&p| process_name(p).as_deref() == Some("dev-block"))
 }
 
 /// Runs the guest under `command`, calling `kill` `kills` times once it
@@ -278,7 +268,8 @@ fn ours(image: &Path, kills: usize, pause_ms: u64, secs: u64) -> Result<Outcome>
         .arg("--disk")
         .arg(image);
     run(&mut command, kills, pause_ms, |vm| {
-        Ok(match dev_block_of(vm.pid()) {
+        let children = vmd_tests::vmd::children_named(vm.pid() as u32, "dev-block");
+        Ok(match children.first().map(|&pid| pid as libc::pid_t) {
             Some(pid) => {
                 // SAFETY: kill(2) on the monitor's dev-block child, just found.
                 let ret = unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -36,7 +36,6 @@ use crate::device_proc::sibling_binary;
 use crate::devices::com_queue::ComQueue;
 use crate::devices::serial::{ConsoleSink, Serial};
 use crate::supervisor::{Recipe, RestartPolicy, Supervisor};
-use crate::vhost_user::VhostUserDevice;
 use crate::vm::{Vm, VmError};
 
 use super::launch::ConsolePty;
@@ -132,21 +131,19 @@ impl ConsoleLink {
                 }
             })),
         };
-        let connect =
-            |socket| VhostUserDevice::connect(name, socket, VIRTIO_ID_CONSOLE, CONSOLE_QUEUES);
         let (supervisor, device) = Supervisor::start(
             recipe,
             vm.device_sandbox(),
             vm.events(),
             RestartPolicy::default(),
-            connect,
+            VIRTIO_ID_CONSOLE,
+            CONSOLE_QUEUES,
         )?;
         log::info!(
             "console: served by dev-console pid {}",
             supervisor.pid().unwrap_or_default()
         );
-        vm.add_supervisor(supervisor);
-        let slot = vm.add_virtio_device(Box::new(device))?;
+        let slot = vm.add_supervised_device(supervisor, device)?;
         log::info!("console: virtio-console at PCI 00:{slot:02x}.0");
         let com1 = vm.com1();
         let reader = pending.ours.clone();

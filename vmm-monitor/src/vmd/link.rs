@@ -287,14 +287,7 @@ pub fn spawn_monitor(
 /// A close-on-exec pipe whose write end is numbered above
 /// [`ipc::monitor::REPORT_FD`]: (read end, write end).
 fn report_pipe() -> std::io::Result<(std::fs::File, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both were just created and nothing else owns them.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = crate::device_spawn::pipe()?;
     // SAFETY: F_DUPFD_CLOEXEC on an fd this function owns.
     let high = unsafe {
         libc::fcntl(
