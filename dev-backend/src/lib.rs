@@ -54,7 +54,7 @@ pub use config::{ConfigError, ConfigNotifier};
 pub use device::{Device, HandleError, QueueContext};
 pub use iov::GuestIoVecs;
 pub use memory::GuestMemoryMmap;
-pub use metrics::{Metrics, MetricsSnapshot};
+pub use metrics::{Metrics, MetricsPage, MetricsSnapshot};
 pub use process::{Connection, ConnectionArgs, Endpoint, FdError};
 pub use sandbox::SandboxArgs;
 pub use sandbox_profiles::{Profile, SandboxError};

@@ -72,7 +72,7 @@ impl SandboxArgs {
     /// the profile with `listening` added (accepting on that socket).
     pub fn enter_for(&self, endpoint: &Endpoint, profile: Profile) -> Result<(), SandboxError> {
         match endpoint {
-            Endpoint::Stream(_) => self.enter(profile),
+            Endpoint::Stream(..) => self.enter(profile),
             Endpoint::Listen(..) => {
                 // SAFETY: geteuid has no preconditions.
                 let root = unsafe { libc::geteuid() } == 0;

@@ -35,6 +35,9 @@ pub enum ServeError {
     /// The listening socket failed.
     #[error("listening on the vhost-user socket")]
     Listen(#[source] std::io::Error),
+    /// Held by the monitor, the release never came.
+    #[error("waiting to be released by the monitor")]
+    Hold(#[source] std::io::Error),
 }
 
 /// Serves `device` on a connected socket until the frontend disconnects.
@@ -50,6 +53,12 @@ pub fn serve_connection<D: Device>(stream: UnixStream, device: Arc<D>) -> Result
     let mut requests = BackendReqHandler::from_stream(stream, Arc::clone(&handler));
     let result = loop {
         let code = peek_request(&peek, &notifier);
+        if let Some(code) = code {
+            match FrontendReq::try_from(code) {
+                Ok(request) => debug!("{}: frontend request {request:?}", device.name()),
+                Err(_) => debug!("{}: frontend request {code} (unknown)", device.name()),
+            }
+        }
         match requests.handle_request() {
             Ok(()) => {}
             Err(VuError::Disconnected) => break Ok(()),

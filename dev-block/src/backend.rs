@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use dev_backend::device::{Device, HandleError, QueueContext};
 use dev_backend::memory::GuestMemoryMmap;
-use dev_backend::metrics::Metrics;
+use dev_backend::metrics::{Metrics, MetricsPage};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vm_memory::ByteValued;
 
@@ -57,18 +57,19 @@ pub enum BackendError {
 pub struct BlockBackend {
     device: Arc<BlockDevice>,
     queue_size: u16,
-    metrics: Metrics,
+    metrics: MetricsPage,
     queues: Vec<Arc<QueueIo>>,
     pool: IoPool,
 }
 
 impl BlockBackend {
     /// Serves `device`, whose queues hold at most `queue_size` descriptors,
-    /// with `io_threads` I/O threads.
+    /// with `io_threads` I/O threads, counting in `metrics`.
     pub fn new(
         device: BlockDevice,
         queue_size: u16,
         io_threads: usize,
+        metrics: MetricsPage,
     ) -> Result<Arc<Self>, BackendError> {
         let queues = (0..device.num_queues())
             .map(|_| QueueIo::new().map(Arc::new))
@@ -77,7 +78,7 @@ impl BlockBackend {
         Ok(Arc::new(Self {
             device: Arc::new(device),
             queue_size,
-            metrics: Metrics::default(),
+            metrics,
             queues,
             pool: IoPool::new(io_threads)?,
         }))

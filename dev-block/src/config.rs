@@ -136,6 +136,9 @@ pub enum ConfigError {
     /// A required option is missing.
     #[error("{0} is required")]
     Missing(&'static str),
+    /// One fd passed for two purposes.
+    #[error("fd {0} is given for two purposes")]
+    SameFd(i32),
     /// Backing fds with a path image.
     #[error("--backing-fd goes with --disk-fd; with --disk, backing files are found by path")]
     BackingWithPath,
@@ -162,6 +165,15 @@ impl TryFrom<Cli> for BlockConfig {
             (None, Some(_)) => return Err(ConfigError::BackingWithPath),
             (None, None) => return Err(ConfigError::Missing("--disk-fd or --disk")),
         };
+        let mut fds = connection.passed_fds();
+        if let ImageSource::Fds { image, backing } = &image {
+            fds.push(*image);
+            fds.extend(backing);
+        }
+        fds.sort_unstable();
+        if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::SameFd(w[0]));
+        }
         let format = cli
             .format
             .map(|f| Format::from_name(&f).ok_or(ConfigError::Format(f)))
@@ -211,7 +223,7 @@ mod tests {
             "2",
         ])
         .unwrap();
-        assert_eq!(c.connection, Connection::Fd(3));
+        assert_eq!(c.connection, Connection::fd(3));
         assert_eq!(
             c.image,
             ImageSource::Fds {
@@ -263,5 +275,9 @@ mod tests {
         assert!(parse(&["--socket", "s", "--disk", "d", "--backing-fd", "5"]).is_err());
         assert!(parse(&["--disk", "d"]).is_err(), "a connection is required");
         assert!(parse(&["--socket-fd", "3", "--socket", "s", "--disk", "d"]).is_err());
+        assert_eq!(
+            parse(&["--socket-fd", "3", "--metrics-fd", "4", "--disk-fd", "4"]).unwrap_err(),
+            "fd 4 is given for two purposes"
+        );
     }
 }

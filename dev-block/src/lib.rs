@@ -103,12 +103,13 @@ pub fn run(config: BlockConfig) -> Result<(), RunError> {
     );
     // The sandbox before the I/O threads start: landlock binds the calling
     // thread and those it starts later (seccomp binds them all).
-    let endpoint = config.connection.open()?;
+    let (endpoint, metrics) = config.connection.open()?;
     config
         .sandbox
         .enter_for(&endpoint, dev_backend::Profile::DevBlock)?;
     let device = device::BlockDevice::new(disk, &config.serial, config.queues, DEFAULT_QUEUE_SIZE);
-    let backend = backend::BlockBackend::new(device, DEFAULT_QUEUE_SIZE, config.io_threads)?;
+    let backend =
+        backend::BlockBackend::new(device, DEFAULT_QUEUE_SIZE, config.io_threads, metrics)?;
     log::info!("{} I/O threads", backend.io_threads());
     // Standalone, serving returns only errors.
     endpoint.serve(backend)?;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use dev_backend::testing::{TestFrontend, TestOptions};
+use dev_backend::MetricsPage;
 use dev_block::backend::BlockBackend;
 use dev_block::device::{BlockDevice, S_IOERR, S_OK};
 use dev_block::disk::{DiskError, DiskImage, RawImage};
@@ -33,7 +34,13 @@ fn connect(read_only: bool) -> (TestFrontend, tempfile::NamedTempFile) {
     image.as_file().set_len(1 << 20).unwrap();
     let file = image.reopen().unwrap();
     let disk: Arc<dyn DiskImage> = Arc::new(RawImage::new(file, read_only).unwrap());
-    let backend = BlockBackend::new(BlockDevice::new(disk, "vu-test", 1, 16), 16, 4).unwrap();
+    let backend = BlockBackend::new(
+        BlockDevice::new(disk, "vu-test", 1, 16),
+        16,
+        4,
+        MetricsPage::private(),
+    )
+    .unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
     std::thread::spawn(move || dev_backend::serve::serve_connection(theirs, backend));
     let opts = TestOptions {
@@ -201,7 +208,8 @@ fn connect_gated(io_threads: usize, queue_size: u16) -> (TestFrontend, Arc<Gate>
         gate: Arc::clone(&gate),
     });
     let device = BlockDevice::new(disk, "gated", 1, queue_size);
-    let backend = BlockBackend::new(device, queue_size, io_threads).unwrap();
+    let backend =
+        BlockBackend::new(device, queue_size, io_threads, MetricsPage::private()).unwrap();
     let (ours, theirs) = UnixStream::pair().unwrap();
     std::thread::spawn(move || dev_backend::serve::serve_connection(theirs, backend));
     let opts = TestOptions {

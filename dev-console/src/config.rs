@@ -134,26 +134,23 @@ impl TryFrom<Cli> for ConsoleConfig {
             (None, None) => PtySource::Open,
             _ => return Err(ConfigError::HalfPty),
         };
-        let socket_fd = match connection {
-            Some(Connection::Fd(fd)) => Some(fd),
-            _ => None,
-        };
         let connection = match connection {
-            Some(Connection::Fd(fd)) => {
+            Some(fd @ Connection::Fd { .. }) => {
                 if pty == PtySource::Open {
                     return Err(ConfigError::Missing("--pty-fd"));
                 }
                 if side_channel.is_none() {
                     return Err(ConfigError::Missing("--com-fd"));
                 }
-                Connection::Fd(fd)
+                fd
             }
             Some(listen) => listen,
             None => return Err(ConfigError::Missing("--socket-fd or --socket")),
         };
-        let mut fds: Vec<i32> = [socket_fd, master, slave, side_channel]
+        let mut fds: Vec<i32> = [master, slave, side_channel]
             .into_iter()
             .flatten()
+            .chain(connection.passed_fds())
             .collect();
         fds.sort_unstable();
         if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
@@ -194,7 +191,7 @@ mod tests {
     #[test]
     fn config_monitor_mode_takes_fds() {
         let c = parse(&MONITOR).unwrap();
-        assert_eq!(c.connection, Connection::Fd(3));
+        assert_eq!(c.connection, Connection::fd(3));
         assert_eq!(
             c.pty,
             PtySource::Fds {

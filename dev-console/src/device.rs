@@ -19,7 +19,7 @@ use std::sync::Arc;
 use dev_backend::chain::{ChainError, DescChain};
 use dev_backend::device::{Device, HandleError, QueueContext};
 use dev_backend::memory::GuestMemoryMmap;
-use dev_backend::metrics::Metrics;
+use dev_backend::metrics::{Metrics, MetricsPage};
 use log::debug;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -56,7 +56,7 @@ const COPY_CHUNK: usize = 4096;
 #[derive(Debug)]
 pub struct ConsoleDevice {
     shared: Arc<Shared>,
-    metrics: Metrics,
+    metrics: MetricsPage,
 }
 
 impl ConsoleDevice {
@@ -64,8 +64,15 @@ impl ConsoleDevice {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            metrics: Metrics::default(),
+            metrics: MetricsPage::private(),
         }
+    }
+
+    /// Counts in `metrics` (the page its monitor shares) instead of its
+    /// own memory.
+    pub fn with_metrics(mut self, metrics: MetricsPage) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The shared console state.

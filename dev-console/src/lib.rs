@@ -141,7 +141,7 @@ fn take_side_channel(fd: i32) -> Result<OwnedFd, RunError> {
 pub fn run(config: ConsoleConfig) -> Result<(), RunError> {
     let pty = take_pty(&config.pty)?;
     let side = config.side_channel.map(take_side_channel).transpose()?;
-    let endpoint = config.connection.open()?;
+    let (endpoint, metrics) = config.connection.open()?;
     // Before the vhost-user thread starts (landlock binds this thread and
     // those it starts later; seccomp binds them all).
     config
@@ -171,7 +171,7 @@ pub fn run(config: ConsoleConfig) -> Result<(), RunError> {
         }));
     }
     let shared = Arc::new(shared);
-    let device = Arc::new(ConsoleDevice::new(Arc::clone(&shared)));
+    let device = Arc::new(ConsoleDevice::new(Arc::clone(&shared)).with_metrics(metrics));
     let stop = EventFd::new(EFD_NONBLOCK).map_err(setup("the stop eventfd"))?;
     let stopper = stop.try_clone().map_err(setup("the stop eventfd"))?;
     let serve = std::thread::Builder::new()

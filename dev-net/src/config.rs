@@ -120,10 +120,13 @@ impl TryFrom<Cli> for NetConfig {
             (None, Some(name)) => TapSource::Create(name),
             (None, None) => return Err(ConfigError::Missing("--tap-fd or --tap")),
         };
-        if let (Connection::Fd(a), TapSource::Fd(b)) = (&connection, &tap) {
-            if a == b {
-                return Err(ConfigError::SameFd(*a));
-            }
+        let mut fds = connection.passed_fds();
+        if let TapSource::Fd(fd) = tap {
+            fds.push(fd);
+        }
+        fds.sort_unstable();
+        if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::SameFd(w[0]));
         }
         let mac: MacAddr = cli.mac.parse()?;
         if mac.is_group() {
@@ -170,7 +173,7 @@ mod tests {
             "--locked",
         ])
         .unwrap();
-        assert_eq!(c.connection, Connection::Fd(3));
+        assert_eq!(c.connection, Connection::fd(3));
         assert_eq!(c.tap, TapSource::Fd(4));
         assert_eq!(c.mac.to_string(), "fe:e1:bb:d1:23:45");
         assert!(c.locked);

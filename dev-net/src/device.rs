@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use dev_backend::{Device, HandleError, Metrics, QueueContext};
+use dev_backend::{Device, HandleError, Metrics, MetricsPage, QueueContext};
 use log::{debug, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -106,7 +106,7 @@ pub struct NetDevice {
     pub(crate) tap: Tap,
     mac: MacAddr,
     pub(crate) lock: LladdrLock,
-    metrics: Metrics,
+    metrics: MetricsPage,
     pub(crate) net: NetMetrics,
     acked: AtomicU64,
     pub(crate) rx: Mutex<RxState>,
@@ -147,7 +147,7 @@ impl NetDevice {
             tap,
             mac,
             lock: LladdrLock::new(mac, locked),
-            metrics: Metrics::default(),
+            metrics: MetricsPage::private(),
             net: NetMetrics::default(),
             acked: AtomicU64::new(0),
             rx: Mutex::new(RxState::new()),
@@ -164,6 +164,13 @@ impl NetDevice {
     /// Installs the filter that sees every guest frame (the DHCP server).
     pub fn set_frame_filter(&self, filter: Box<dyn FrameFilter>) {
         *lock(&self.filter) = Some(filter);
+    }
+
+    /// Counts in `metrics` (the page its monitor shares) instead of its
+    /// own memory.
+    pub fn with_metrics(mut self, metrics: MetricsPage) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The device's MAC address.

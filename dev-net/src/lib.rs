@@ -82,7 +82,12 @@ pub fn run(config: NetConfig) -> Result<(), RunError> {
         if config.locked { ", locked lladdr" } else { "" },
         tap.offloads()
     );
-    let device = Arc::new(NetDevice::new(tap, config.mac, config.locked).map_err(RunError::Setup)?);
+    let (endpoint, metrics) = config.connection.open()?;
+    let device = Arc::new(
+        NetDevice::new(tap, config.mac, config.locked)
+            .map_err(RunError::Setup)?
+            .with_metrics(metrics),
+    );
     if let Some(dhcp) = config.dhcp {
         log::info!(
             "built-in DHCP: {} for {} (router and DNS {})",
@@ -94,7 +99,6 @@ pub fn run(config: NetConfig) -> Result<(), RunError> {
         device.set_frame_filter(Box::new(server));
     }
     // Standalone, serving returns only errors.
-    let endpoint = config.connection.open()?;
     config.sandbox.enter_for(&endpoint, Profile::DevNet)?;
     let result = endpoint
         .serve(Arc::clone(&device))

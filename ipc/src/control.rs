@@ -214,6 +214,19 @@ pub enum Request {
         vm: VmRef,
         /// The device, e.g. "disk0", "net0", "console".
         device: String,
+        /// `-d`: hold the new process stopped before it serves, for a
+        /// debugger (root only).
+        hold: bool,
+    },
+    /// Set one device's log level (`vmctl device log`, root only); it
+    /// keeps it across restarts.
+    DeviceLog {
+        /// The VM.
+        vm: VmRef,
+        /// The device.
+        device: String,
+        /// The level.
+        verbosity: LogVerbosity,
     },
     /// Attach to the VM's console (`vmctl console`): answered by
     /// [`Response::Console`] with the pty's fd; the connection stays open
@@ -226,10 +239,40 @@ pub enum Request {
 pub struct DeviceStatus {
     /// The device ("disk0", "net0", "console").
     pub name: String,
-    /// The running process, `None` while it is being restarted.
+    /// Its process, `None` while a new one is not started yet.
     pub pid: Option<u32>,
+    /// What the process is doing.
+    pub state: DeviceState,
     /// Times it was restarted.
     pub restarts: u64,
+    /// Requests completed, over every process the device had.
+    pub requests: u64,
+    /// Bytes moved to and from guest buffers, likewise.
+    pub bytes: u64,
+    /// Requests failed and queues stopped (by the guest or the host).
+    pub errors: u64,
+}
+
+/// A device process's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceState {
+    /// It serves.
+    Running,
+    /// Its process died; a new one is being started and given its state.
+    Restarting,
+    /// Held stopped before it serves (`vmctl device restart -d`), until
+    /// whoever attached continues it.
+    Held,
+}
+
+impl fmt::Display for DeviceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceState::Running => "running",
+            DeviceState::Restarting => "restarting",
+            DeviceState::Held => "held",
+        })
+    }
 }
 
 /// A VM's state, as `vmctl status` shows it.

@@ -14,9 +14,12 @@
 //!   [`IpcError`] for what can go wrong on the way.
 //! - [`fds`]: packing and taking SCM_RIGHTS control messages (libc
 //!   directly); received fds are owned and close-on-exec at once.
+//! - [`hold`]: holding a device stopped before it serves, for a debugger.
 //! - [`console`]: the monitor ↔ dev-console side channel (COM1 bytes, attach, detach).
 //! - [`control`]: vmctl ↔ vmd messages; VM names and references.
 //! - [`monitor`]: vmd ↔ monitor messages.
+//! - [`metrics`]: the counters every device keeps, in a page it may share
+//!   with its monitor.
 //! - [`size`]: sizes as users write them (`512M`, `1.5G`).
 //! - [`peer`]: [`peer_credentials`] (SO_PEERCRED), which vmd checks every
 //!   request against.
@@ -26,8 +29,10 @@ pub mod console;
 pub mod control;
 pub mod fds;
 pub mod frame;
+pub mod hold;
 pub mod log_forward;
 pub mod logger;
+pub mod metrics;
 pub mod monitor;
 pub mod peer;
 pub mod size;
@@ -48,7 +53,7 @@ pub use peer::{peer_credentials, PeerCred};
 /// or retyped, an enum variant added or reordered — bincode encodes
 /// positions, not names). vmd re-adopts monitors started by an earlier vmd,
 /// so both ends may come from different builds.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// An error and each of its causes, joined by ": ", for the one line a
 /// process logs (and reports to its parent) before it exits.

@@ -166,9 +166,22 @@ pub enum ToMonitor {
     /// List the VM's device processes: answered by
     /// [`FromMonitor::Devices`].
     Devices,
-    /// Restart device process `0` (e.g. "disk0"): it is killed, and its
-    /// supervisor starts another as for any death.
-    RestartDevice(String),
+    /// Restart device process `name` (e.g. "disk0"): it is killed, and
+    /// its supervisor starts another as for any death; with `hold`, held
+    /// stopped before it serves (answered by [`FromMonitor::Held`]).
+    RestartDevice {
+        /// The device.
+        name: String,
+        /// Hold the new process for a debugger.
+        hold: bool,
+    },
+    /// Set device `name`'s log level, for its process and its successors.
+    DeviceLogLevel {
+        /// The device.
+        name: String,
+        /// The level.
+        level: LogLevel,
+    },
     /// A network interface, with its tap's fd (sent between the Disks and
     /// Run).
     Nic(NicAttach),
@@ -224,6 +237,12 @@ pub enum FromMonitor {
     Failed(String),
     /// The answer to [`ToMonitor::Devices`].
     Devices(Vec<crate::control::DeviceStatus>),
+    /// The answer to a held [`ToMonitor::RestartDevice`]: the new process,
+    /// stopped.
+    Held {
+        /// Its pid.
+        pid: u32,
+    },
     /// The guest reset; the monitor rebuilt the VM and it runs again.
     Rebooted,
     /// The VM ended; the monitor exits next.

@@ -25,7 +25,10 @@ const MAX_MEMORY: u64 = 1 << 40;
 pub const COMMANDS: &[(&str, &str)] = &[
     ("console", "console id"),
     ("create", "create [-b base | -i disk] [-s size] disk"),
-    ("device", "device list id | device restart id device"),
+    (
+        "device",
+        "device list id | device restart [-d] id device |\n\t\tdevice log id device brief | verbose",
+    ),
     ("load", "load filename"),
     ("log", "log brief | verbose"),
     ("pause", "pause id"),
@@ -326,12 +329,19 @@ fn simple_vm(command: &str, args: &[String], make: fn(VmRef) -> Request) -> Outc
 }
 
 /// `vmctl device list id`: the VM's device processes (name, pid,
-/// restarts); `vmctl device restart id device`: kill that process, which
-/// the VM's monitor restarts (the guest sees a pause).
+/// restarts, counters, state); `vmctl device restart [-d] id device`: kill
+/// that process, which the VM's monitor restarts (the guest sees a pause),
+/// with `-d` held stopped before it serves, for a debugger; `vmctl device
+/// log id device brief|verbose`: that device's log level.
 fn device(args: &[String]) -> Outcome {
-    let p = parse("device", args, "")?;
-    match p.operands.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["list", vm] => {
+    let Some((action, rest)) = args.split_first() else {
+        return Err(usage_of("device"));
+    };
+    let spec = if action == "restart" { "d" } else { "" };
+    let p = parse("device", rest, spec)?;
+    let operands: Vec<&str> = p.operands.iter().map(String::as_str).collect();
+    match (action.as_str(), &operands[..]) {
+        ("list", [vm]) => {
             let request = Request::DeviceList(vm_ref(vm)?);
             let (_, response) = ask(&request, "device list failed")?;
             match response {
@@ -342,12 +352,26 @@ fn device(args: &[String]) -> Outcome {
                 other => Err(unexpected(&other)),
             }
         }
-        ["restart", vm, device] => {
+        ("restart", [vm, device]) => {
             let request = Request::DeviceRestart {
                 vm: vm_ref(vm)?,
                 device: device.to_string(),
+                hold: p.flag('d'),
             };
             done(&request, "device restart")
+        }
+        ("log", [vm, device, level]) => {
+            let verbosity = match *level {
+                "brief" => LogVerbosity::Brief,
+                "verbose" => LogVerbosity::Verbose,
+                _ => return Err(usage_of("device")),
+            };
+            let request = Request::DeviceLog {
+                vm: vm_ref(vm)?,
+                device: device.to_string(),
+                verbosity,
+            };
+            done(&request, "device log")
         }
         _ => Err(usage_of("device")),
     }

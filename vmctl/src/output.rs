@@ -88,21 +88,29 @@ pub fn status_json(vms: &[VmStatus]) -> String {
     serde_json::to_string_pretty(&list).unwrap_or_default() + "\n"
 }
 
-/// `vmctl device list`: one line per device process.
+/// `vmctl device list`: one line per device process. Counters are over
+/// every process the device had.
 pub fn devices_table(devices: &[ipc::control::DeviceStatus]) -> String {
-    let mut text = format!(
-        "{:<10} {:>8} {:>8}  {}\n",
-        "DEVICE", "PID", "RESTARTS", "STATE"
-    );
+    let row = |cells: [&str; 7]| {
+        format!(
+            "{:<10} {:>8} {:>8} {:>10} {:>7} {:>7}  {}\n",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6]
+        )
+    };
+    let mut text = row([
+        "DEVICE", "PID", "RESTARTS", "REQUESTS", "BYTES", "ERRORS", "STATE",
+    ]);
     for d in devices {
-        let (pid, state) = match d.pid {
-            Some(pid) => (pid.to_string(), "running"),
-            None => ("-".to_string(), "restarting"),
-        };
-        text.push_str(&format!(
-            "{:<10} {:>8} {:>8}  {}\n",
-            d.name, pid, d.restarts, state
-        ));
+        let pid = d.pid.map_or_else(|| "-".to_string(), |p| p.to_string());
+        text.push_str(&row([
+            &d.name,
+            &pid,
+            &d.restarts.to_string(),
+            &d.requests.to_string(),
+            &scaled(d.bytes),
+            &d.errors.to_string(),
+            &d.state.to_string(),
+        ]));
     }
     text
 }
@@ -157,6 +165,37 @@ mod tests {
         assert_eq!(
             stopped,
             ["2", "-", "2", "512M", "-", "-", "root", "stopped", "vm2"]
+        );
+    }
+
+    #[test]
+    fn the_device_table_shows_counters_and_a_dash_for_a_device_between_processes() {
+        use ipc::control::{DeviceState, DeviceStatus};
+        let device = |name: &str, pid, state| DeviceStatus {
+            name: name.into(),
+            pid,
+            state,
+            restarts: 3,
+            requests: 70_000,
+            bytes: 3 << 29,
+            errors: 1,
+        };
+        let text = devices_table(&[
+            device("disk0", Some(812), DeviceState::Held),
+            device("net0", None, DeviceState::Restarting),
+        ]);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            ["DEVICE", "PID", "RESTARTS", "REQUESTS", "BYTES", "ERRORS", "STATE"]
+        );
+        assert_eq!(rows[1], ["disk0", "812", "3", "70000", "1.5G", "1", "held"]);
+        assert_eq!(
+            rows[2],
+            ["net0", "-", "3", "70000", "1.5G", "1", "restarting"]
         );
     }
 

@@ -76,11 +76,21 @@ struct Extras {
     output: Option<(OwnedFd, OwnedFd)>,
     /// Who is told of its death instead of the VM.
     on_death: Option<OnDeath>,
+    /// The level it logs at (default: the monitor's).
+    level: Option<log::LevelFilter>,
 }
 
 /// Called with how a supervised device process ended ("killed by signal
 /// 9"), on its waiter thread, unless its VM is stopping.
 pub type OnDeath = Box<dyn FnOnce(String) + Send>;
+
+/// How a supervised process is started ([`DeviceProcess::spawn_supervised`]).
+pub struct Supervised {
+    /// Told of its death instead of the VM.
+    pub on_death: OnDeath,
+    /// The level it logs at.
+    pub level: log::LevelFilter,
+}
 
 /// First fd number a device process finds its passed fds at.
 pub const FIRST_PASSED_FD: RawFd = 3;
@@ -187,8 +197,9 @@ impl DeviceProcess {
     }
 
     /// [`spawn_device`](Self::spawn_device), whose death (unless the VM is
-    /// stopping) is handed to `on_death` with how it ended, instead of
-    /// stopping the VM: its supervisor restarts it.
+    /// stopping) is handed to `supervised.on_death` with how it ended,
+    /// instead of stopping the VM: its supervisor restarts it. It logs at
+    /// `supervised.level`.
     pub fn spawn_supervised(
         name: &str,
         program: &Path,
@@ -196,7 +207,7 @@ impl DeviceProcess {
         fds: &[BorrowedFd<'_>],
         events: VmEvents,
         sandbox: &DeviceSandbox,
-        on_death: Option<OnDeath>,
+        supervised: Option<Supervised>,
     ) -> Result<Self, DeviceProcessError> {
         let spawn_err = |source| DeviceProcessError::Spawn {
             name: name.to_string(),
@@ -224,7 +235,8 @@ impl DeviceProcess {
             report: Some(read_end),
             namespaced,
             output: Some((output, output_write)),
-            on_death,
+            level: supervised.as_ref().map(|s| s.level),
+            on_death: supervised.map(|s| s.on_death),
         };
         Self::start(name, program, args, &all, events, extras)
     }
@@ -243,12 +255,14 @@ impl DeviceProcess {
             namespaced,
             output,
             on_death,
+            level,
         } = extras;
         let stdio = output.as_ref().map(|(_, write_end)| write_end.as_fd());
         let sources: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-        // The monitor's own level, so that the device's first lines (what
-        // it serves, with which options) are logged as the monitor's are.
-        args.extend(verbosity_args(log::max_level()));
+        // The monitor's own level unless its supervisor keeps another, so
+        // that the device's first lines (what it serves, with which
+        // options) are logged as the monitor's are.
+        args.extend(verbosity_args(level.unwrap_or_else(log::max_level)));
         let spawn_err = |source| DeviceProcessError::Spawn {
             name: name.to_string(),
             source,
@@ -377,6 +391,45 @@ impl DeviceProcess {
     /// then reports its death as usual).
     pub fn kill_now(&self) {
         kill(&self.child);
+    }
+
+    /// Stops the process (SIGSTOP), as a debugger would find it, and
+    /// returns once it is stopped; whoever attaches continues it. Fails if
+    /// it was reaped already, or dies instead.
+    pub fn stop(&self) -> std::io::Result<()> {
+        let guard = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(pid) = *guard else {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        };
+        // SAFETY: kill(2) on our own unreaped child, under the lock the
+        // waiter reaps it under, so the pid is still this process's.
+        if unsafe { libc::kill(pid, libc::SIGSTOP) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        drop(guard);
+        // The signal is delivered when the process next leaves the kernel:
+        // wait until it has stopped (without reaping anything: WNOWAIT;
+        // if it dies instead, its waiter reaps it and this fails).
+        // SAFETY: siginfo_t is plain data that waitid fills.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: waitid on our own child with a valid siginfo pointer.
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WSTOPPED | libc::WNOWAIT,
+                )
+            };
+            if r == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
     }
 
     /// The process ID.

@@ -383,6 +383,11 @@ impl Vm {
                 .recv()
                 .unwrap_or_else(|_| VmEvent::HostError("the VM's event channel closed".into()))),
         };
+        // A device held for a debugger, or being given its state, holds
+        // its device's lock, which a vCPU may be waiting for: end it first.
+        for supervisor in &self.supervisors {
+            supervisor.vm_ending();
+        }
         stop_vcpus(&self.stopper, &self.gate, threads);
         event
     }

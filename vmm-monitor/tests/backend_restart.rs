@@ -278,7 +278,8 @@ fn a_killed_backend_is_replaced_and_every_request_completes_once() {
         // Its successor, with the state the monitor kept.
         let (next, socket) = start_backend(&program, &image);
         backend = next;
-        dev.reconnect(socket).expect("replay to the new backend");
+        dev.reconnect(socket, Some(vmm_monitor::vhost_user::REPLAY_TIMEOUT))
+            .expect("replay to the new backend");
         driver.wait_used(start.wrapping_add(BATCH));
         let heads = driver.used_heads(start, start.wrapping_add(BATCH));
         let mut sorted = heads.clone();

@@ -41,6 +41,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a send to vmd may wait for room: a vmd that stopped reading
 /// loses its connection instead of stalling the monitor.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a held restart may take to have its process stopped (within
+/// vmd's wait for an answer).
+const HOLD_ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause after a failed accept (say, out of fds) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -119,30 +122,72 @@ impl Shared {
             .supervisors
             .iter()
             .filter_map(Weak::upgrade)
-            .map(|s| ipc::control::DeviceStatus {
-                name: s.name().to_string(),
-                pid: s.pid(),
-                restarts: s.restarts(),
+            .map(|s| {
+                let report = s.report();
+                ipc::control::DeviceStatus {
+                    name: s.name().to_string(),
+                    pid: report.pid,
+                    state: report.state,
+                    restarts: report.restarts,
+                    requests: report.metrics.requests,
+                    bytes: report
+                        .metrics
+                        .bytes_read
+                        .saturating_add(report.metrics.bytes_written),
+                    errors: report.metrics.all_errors(),
+                }
             })
             .collect()
     }
 
-    /// Kills device process `name`; its supervisor restarts it.
-    fn restart_device(&self, name: &str) -> FromMonitor {
-        let supervisor = lock(&self.vm)
+    /// The supervisor of device `name`, or the message saying there is
+    /// none.
+    fn supervisor(&self, name: &str) -> Result<Arc<Supervisor>, String> {
+        lock(&self.vm)
             .supervisors
             .iter()
             .filter_map(Weak::upgrade)
-            .find(|s| s.name() == name);
-        match supervisor {
-            None => FromMonitor::Failed(format!("this VM has no device {name}")),
-            Some(supervisor) => match supervisor.restart_now() {
-                Some(pid) => {
-                    log::info!("{name}: restart of pid {pid} asked by vmd");
-                    FromMonitor::Done
+            .find(|s| s.name() == name)
+            .ok_or_else(|| format!("this VM has no device {name}"))
+    }
+
+    /// Kills device process `name`; its supervisor restarts it (held, and
+    /// answered with the held pid, if `hold`).
+    fn restart_device(&self, name: &str, hold: bool) -> FromMonitor {
+        let supervisor = match self.supervisor(name) {
+            Ok(s) => s,
+            Err(none) => return FromMonitor::Failed(none),
+        };
+        if hold {
+            return match supervisor.restart_held(HOLD_ANSWER_TIMEOUT) {
+                Ok(pid) => {
+                    log::warn!("{name}: restarted held for a debugger, as asked by vmd");
+                    FromMonitor::Held { pid }
                 }
-                None => FromMonitor::Failed(format!("{name} is being restarted already")),
-            },
+                Err(e) => FromMonitor::Failed(e),
+            };
+        }
+        match supervisor.restart_now() {
+            Some(pid) => {
+                log::info!("{name}: restart of pid {pid} asked by vmd");
+                FromMonitor::Done
+            }
+            None => FromMonitor::Failed(format!("{name} is being restarted already")),
+        }
+    }
+
+    /// Sets device `name`'s log level (kept across its restarts).
+    fn set_device_level(&self, name: &str, level: log::LevelFilter) -> FromMonitor {
+        let supervisor = match self.supervisor(name) {
+            Ok(s) => s,
+            Err(none) => return FromMonitor::Failed(none),
+        };
+        match supervisor.set_level(level) {
+            Ok(_) => {
+                log::info!("{name}: log level set to {level} by vmd");
+                FromMonitor::Done
+            }
+            Err(e) => FromMonitor::Failed(format!("cannot set the log level of {name}: {e}")),
         }
     }
 
@@ -311,7 +356,10 @@ impl Shared {
                 }
             }
             ToMonitor::Devices => FromMonitor::Devices(self.device_list()),
-            ToMonitor::RestartDevice(name) => self.restart_device(name),
+            ToMonitor::RestartDevice { name, hold } => self.restart_device(name, *hold),
+            ToMonitor::DeviceLogLevel { name, level } => {
+                self.set_device_level(name, level.filter())
+            }
             ToMonitor::Launch(_) | ToMonitor::Disk(_) | ToMonitor::Nic(_) | ToMonitor::Run => {
                 FromMonitor::Failed("the VM is already running".into())
             }

@@ -30,5 +30,6 @@ pub mod state;
 
 pub use device::{VhostUserDevice, QUEUE_MAX_SIZE};
 pub use error::Error;
+pub use replay::REPLAY_TIMEOUT;
 pub use shared::SharedDevice;
 pub use state::{InflightRegion, MemRegion, MemTable, NegotiatedState, RingAddrs, VringState};

@@ -31,9 +31,17 @@ impl VhostUserDevice {
     /// Replays everything the previous backend was told to a new one on
     /// `socket`; afterwards the device runs as before. On error the device
     /// keeps the state (another backend may be tried) and `socket` is shut.
-    pub fn reconnect(&mut self, socket: UnixStream) -> Result<(), Error> {
-        let watchdog =
-            Watchdog::start(&socket, REPLAY_TIMEOUT).map_err(|source| Error::Connect {
+    /// A backend that takes longer than `timeout` ([`REPLAY_TIMEOUT`] but
+    /// for one held for a debugger: `None`) has its socket shut.
+    pub fn reconnect(
+        &mut self,
+        socket: UnixStream,
+        timeout: Option<Duration>,
+    ) -> Result<(), Error> {
+        let watchdog = timeout
+            .map(|timeout| Watchdog::start(&socket, timeout))
+            .transpose()
+            .map_err(|source| Error::Connect {
                 device: self.name.clone(),
                 path: "(restarted backend)".into(),
                 source,
@@ -45,7 +53,9 @@ impl VhostUserDevice {
         self.frontend = frontend;
         self.state.backend_features = offered;
         let result = self.replay_running();
-        watchdog.disarm();
+        if let Some(watchdog) = watchdog {
+            watchdog.disarm();
+        }
         result
     }
 

@@ -1,10 +1,11 @@
 //! Carrying out one control request for one peer.
 //!
 //! Every request is checked against the peer first (see `access`): status
-//! and wait are open to anyone who reached the socket; start, stop, pause
-//! and unpause need root or the VM's owner (starting a VM whose devices
-//! run unsandboxed, vm.conf's `sandbox no`, needs root); load, reload,
-//! reset and log need root. A refused request changes nothing.
+//! and wait are open to anyone who reached the socket; start, stop, pause,
+//! unpause, device list and device restart need root or the VM's owner
+//! (starting a VM whose devices run unsandboxed, vm.conf's `sandbox no`,
+//! needs root); load, reload, reset, log, device log and a held device
+//! restart need root. A refused request changes nothing.
 
 use std::sync::Arc;
 
@@ -34,7 +35,15 @@ pub fn handle(vmd: &Arc<Vmd>, peer: &Peer, request: Request, reply: &mut dyn FnM
         Request::Reset(target) => root(peer, "reset").and_then(|_| reset(vmd, target)),
         Request::Log(level) => root(peer, "log").and_then(|_| set_log(vmd, level)),
         Request::DeviceList(vm) => device_list(vmd, peer, &vm),
-        Request::DeviceRestart { vm, device } => device_restart(vmd, peer, &vm, &device),
+        Request::DeviceRestart { vm, device, hold } => {
+            device_restart(vmd, peer, &vm, &device, hold)
+        }
+        Request::DeviceLog {
+            vm,
+            device,
+            verbosity,
+        } => root(peer, "set a device's log level")
+            .and_then(|_| device_log(vmd, peer, &vm, &device, verbosity)),
         Request::Console(_) => Err(Refusal::new(
             ErrorKind::Invalid,
             "a console request needs its own connection",
@@ -124,13 +133,73 @@ fn device_list(vmd: &Vmd, peer: &Peer, vm: &VmRef) -> Result<Response, Refusal> 
 }
 
 /// `vmctl device restart`: the monitor kills the device's process, whose
-/// supervisor restarts it as after any death.
-fn device_restart(vmd: &Vmd, peer: &Peer, vm: &VmRef, device: &str) -> Result<Response, Refusal> {
+/// supervisor restarts it as after any death; `-d` (`hold`, root only)
+/// holds the new process stopped before it serves, for a debugger.
+fn device_restart(
+    vmd: &Vmd,
+    peer: &Peer,
+    vm: &VmRef,
+    device: &str,
+    hold: bool,
+) -> Result<Response, Refusal> {
+    if hold {
+        root(peer, "hold a device for a debugger")?;
+    }
     let (_, name, link) = running_link(vmd, peer, vm, "restart a device of")?;
-    link.request(&ToMonitor::RestartDevice(device.to_string()))
-        .map_err(|e| link_refusal(&name, &e))?;
-    log::info!("vm '{name}': {device} restarted by {}", peer.name());
-    Ok(Response::Done(format!("restarting {device} of vm {name}")))
+    let request = ToMonitor::RestartDevice {
+        name: device.to_string(),
+        hold,
+    };
+    if !hold {
+        link.request(&request)
+            .map_err(|e| link_refusal(&name, &e))?;
+        log::info!("vm '{name}': {device} restarted by {}", peer.name());
+        return Ok(Response::Done(format!("restarting {device} of vm {name}")));
+    }
+    match link.ask(&request) {
+        Ok(ipc::monitor::FromMonitor::Held { pid }) => {
+            log::warn!(
+                "vm '{name}': {device} restarted and held stopped as pid {pid} by {}",
+                peer.name()
+            );
+            Ok(Response::Done(format!(
+                "{device} of vm {name} is held stopped before it serves, as pid {pid}; \
+                 attach a debugger or tracer, then continue it (kill -CONT {pid})"
+            )))
+        }
+        Ok(ipc::monitor::FromMonitor::Failed(why)) => {
+            Err(Refusal::new(ErrorKind::Host, format!("vm '{name}': {why}")))
+        }
+        Ok(other) => Err(Refusal::new(
+            ErrorKind::Host,
+            format!("vm '{name}': the monitor answered {other:?}"),
+        )),
+        Err(e) => Err(link_refusal(&name, &e)),
+    }
+}
+
+/// `vmctl device log`: one device's log level, kept across its restarts.
+fn device_log(
+    vmd: &Vmd,
+    peer: &Peer,
+    vm: &VmRef,
+    device: &str,
+    verbosity: LogVerbosity,
+) -> Result<Response, Refusal> {
+    let (_, name, link) = running_link(vmd, peer, vm, "set the log level of")?;
+    let (level, word) = match verbosity {
+        LogVerbosity::Brief => (LogLevel::Info, "brief"),
+        LogVerbosity::Verbose => (LogLevel::Debug, "verbose"),
+    };
+    link.request(&ToMonitor::DeviceLogLevel {
+        name: device.to_string(),
+        level,
+    })
+    .map_err(|e| link_refusal(&name, &e))?;
+    log::info!("vm '{name}': {device} logs {word}, set by {}", peer.name());
+    Ok(Response::Done(format!(
+        "{device} of vm {name}: logging {word}"
+    )))
 }
 
 fn status(vmd: &Vmd) -> Response {

@@ -1,0 +1,546 @@
+//! Supervision of a device process: when it dies, a new one is started
+//! with the same resources and given its predecessor's vhost-user state
+//! ([`VhostUserDevice::reconnect`](crate::vhost_user::VhostUserDevice::reconnect)),
+//! so that the guest sees a pause, not an error.
+//!
+//! The waiter thread of the dead process ([`DeviceProcess`]) calls
+//! [`Supervisor::died`]; it decides ([`RestartPolicy`]), starts the
+//! successor on a new socket pair, replays the state under the device's
+//! lock, and returns. A process that dies soon after it was started
+//! ([`RestartPolicy::quick`]) counts toward a streak: each restart in a
+//! streak waits longer, and past [`RestartPolicy::max_streak`] the VM is
+//! stopped with a message saying why. A process stopped by its sandbox is
+//! never restarted (the waiter stops the VM): that is what a guest
+//! attacking it would cause.
+//!
+//! Besides, for `vmctl device`: every process counts in one page the
+//! supervisor made ([`ipc::metrics::MetricsPage`]), so counts run on across
+//! restarts and are read without asking the process; a level set for the
+//! device is given to each successor; and a restart may be held
+//! ([`Supervisor::restart_held`], `ipc::hold`): the new process is stopped
+//! before it serves, for a debugger, and its replay waits for it however
+//! long it takes.
+//!
+//! # Invariants
+//! - At most one process per device runs: a successor starts only after
+//!   its predecessor was reaped, and one whose replay failed is killed
+//!   (its death, of an older generation, is ignored).
+//! - A restart in progress is the only one: a death of the process it is
+//!   replaying to is left to it (its replay fails, or it finds the death
+//!   recorded when it ends) and starts nothing itself.
+//! - The supervisor holds the device's resources (image, backing files,
+//!   tap, pty) and its counters' page for the VM's life; the monitor's own
+//!   copies may be dropped.
+
+mod policy;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use ipc::metrics::{MetricsPage, MetricsSnapshot};
+
+pub use policy::RestartPolicy;
+
+use crate::config::DeviceSandbox;
+use crate::device_proc::{DeviceProcess, DeviceProcessError, Supervised, FIRST_PASSED_FD};
+use crate::exit::{VmEvent, VmEvents};
+use crate::vhost_user::{SharedDevice, VhostUserDevice, REPLAY_TIMEOUT};
+
+/// Run after each restart, once the new process has its state (e.g.
+/// telling a new dev-console that a client is attached).
+pub type AfterRestart = Box<dyn Fn() + Send + Sync>;
+
+/// How long a held process may take to reach its hold point.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to start the device's process again.
+pub struct Recipe {
+    /// The device's name ("disk0").
+    pub name: String,
+    /// The device binary.
+    pub program: PathBuf,
+    /// Its arguments; its vhost-user socket is always fd 3.
+    pub args: Vec<String>,
+    /// Its resources, passed as fds 4, 5, ... in this order.
+    pub resources: Vec<OwnedFd>,
+    /// What to do once a restarted process has its state.
+    pub after_restart: Option<AfterRestart>,
+}
+
+/// A supervisor could not start its device.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// A socket pair could not be made.
+    #[error("{name}: cannot make its {what} socket pair")]
+    Socket {
+        /// The device.
+        name: String,
+        /// Which one.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The counters' page could not be made.
+    #[error("{name}: cannot make its counters' page")]
+    Metrics {
+        /// The device.
+        name: String,
+        /// Why.
+        #[source]
+        source: ipc::metrics::MetricsPageError,
+    },
+    /// The process could not be started.
+    #[error(transparent)]
+    Process(#[from] DeviceProcessError),
+    /// The first connection failed.
+    #[error(transparent)]
+    Connect(#[from] crate::vhost_user::Error),
+    /// A process to hold did not reach its hold point, or could not be
+    /// stopped there.
+    #[error("{name}: cannot hold pid {pid}")]
+    Hold {
+        /// The device.
+        name: String,
+        /// The process.
+        pid: u32,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process being given its state died meanwhile.
+    #[error("{name}: pid {pid} {how} while it was given its state")]
+    DiedInReplay {
+        /// The device.
+        name: String,
+        /// The process.
+        pid: u32,
+        /// How it ended.
+        how: String,
+    },
+}
+
+/// Told whether a held restart got its process stopped (its pid) or not.
+type HoldReport = Sender<Result<u32, String>>;
+
+/// What changes as processes come and go.
+struct Current {
+    process: Option<DeviceProcess>,
+    /// Which process this is (a death of another one is stale).
+    generation: u64,
+    started: Instant,
+    /// Quick deaths in a row.
+    streak: u32,
+    /// Restarts so far.
+    restarts: u64,
+    /// The running process was killed on purpose ([`Supervisor::restart_now`]):
+    /// its death is no crash.
+    asked: bool,
+    /// A restart is starting a process and giving it its state.
+    restarting: bool,
+    /// The process being restarted died: how (see the invariants).
+    died_in_replay: Option<String>,
+    /// The next restart holds its process, and reports here.
+    hold_next: Option<HoldReport>,
+    /// The process is held stopped, its replay waiting for it.
+    held: bool,
+    /// The level set for this device (`None`: the monitor's).
+    level: Option<log::LevelFilter>,
+}
+
+/// One supervised device process.
+pub struct Supervisor {
+    recipe: Recipe,
+    sandbox: DeviceSandbox,
+    events: VmEvents,
+    policy: RestartPolicy,
+    device: OnceLock<SharedDevice>,
+    metrics: MetricsPage,
+    metrics_fd: OwnedFd,
+    current: Mutex<Current>,
+    me: Weak<Supervisor>,
+}
+
+/// What `vmctl device list` shows of one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceReport {
+    /// Its process, if one is started.
+    pub pid: Option<u32>,
+    /// What it does.
+    pub state: ipc::control::DeviceState,
+    /// Restarts so far.
+    pub restarts: u64,
+    /// Its counters, over all its processes.
+    pub metrics: MetricsSnapshot,
+}
+
+impl Supervisor {
+    /// Starts the device's first process and negotiates with it (a virtio
+    /// device of type `device_type` with `queues` queues); returns the
+    /// supervisor and the device for the transport.
+    pub fn start(
+        recipe: Recipe,
+        sandbox: &DeviceSandbox,
+        events: VmEvents,
+        policy: RestartPolicy,
+        device_type: u32,
+        queues: u16,
+    ) -> Result<(Arc<Self>, SharedDevice), SupervisorError> {
+        let (metrics, metrics_fd) =
+            MetricsPage::create(&recipe.name).map_err(|source| SupervisorError::Metrics {
+                name: recipe.name.clone(),
+                source,
+            })?;
+        let supervisor = Arc::new_cyclic(|me| Self {
+            recipe,
+            sandbox: sandbox.clone(),
+            events,
+            policy,
+            device: OnceLock::new(),
+            metrics,
+            metrics_fd,
+            current: Mutex::new(Current {
+                process: None,
+                generation: 0,
+                started: Instant::now(),
+                streak: 0,
+                restarts: 0,
+                asked: false,
+                restarting: false,
+                died_in_replay: None,
+                hold_next: None,
+                held: false,
+                level: None,
+            }),
+            me: me.clone(),
+        });
+        let (process, socket, _) = supervisor.spawn(0, false)?;
+        let name = &supervisor.recipe.name;
+        let connected = VhostUserDevice::connect(name, socket, device_type, queues)?;
+        let device = SharedDevice::new(connected);
+        // The first process is in place before anything can restart it.
+        let _ = supervisor.device.set(device.clone());
+        supervisor.lock().process = Some(process);
+        Ok((supervisor, device))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.recipe.name
+    }
+
+    /// The pid of the current process, if one is started.
+    pub fn pid(&self) -> Option<u32> {
+        self.lock().process.as_ref().map(DeviceProcess::pid)
+    }
+
+    /// How many times the device was restarted.
+    pub fn restarts(&self) -> u64 {
+        self.lock().restarts
+    }
+
+    /// The device as `vmctl device list` shows it.
+    pub fn report(&self) -> DeviceReport {
+        use ipc::control::DeviceState;
+        let current = self.lock();
+        let state = if current.held {
+            DeviceState::Held
+        } else if current.restarting || current.process.is_none() {
+            DeviceState::Restarting
+        } else {
+            DeviceState::Running
+        };
+        DeviceReport {
+            pid: current.process.as_ref().map(DeviceProcess::pid),
+            state,
+            restarts: current.restarts,
+            metrics: self.metrics.snapshot(),
+        }
+    }
+
+    /// Kills the current process (as an operator's restart: its death is
+    /// handled as any other); returns its pid, `None` if none is started.
+    pub fn restart_now(&self) -> Option<u32> {
+        let mut current = self.lock();
+        let pid = current.process.as_ref()?.pid();
+        current.asked = true;
+        if let Some(process) = current.process.as_ref() {
+            process.kill_now();
+        }
+        Some(pid)
+    }
+
+    /// [`restart_now`](Self::restart_now), the new process held stopped
+    /// before it serves; returns its pid once it is stopped (at most
+    /// `timeout` later), or why not.
+    pub fn restart_held(&self, timeout: Duration) -> Result<u32, String> {
+        let (report, held) = crossbeam_channel::bounded(1);
+        {
+            let mut current = self.lock();
+            if current.hold_next.is_some() {
+                return Err(format!("{} is being held already", self.name()));
+            }
+            let Some(process) = current.process.as_ref() else {
+                return Err(format!("{} is being restarted already", self.name()));
+            };
+            process.kill_now();
+            current.asked = true;
+            current.hold_next = Some(report);
+        }
+        match held.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "{}: no process was held within {timeout:?}",
+                self.name()
+            )),
+        }
+    }
+
+    /// Sets the device's log level, for the current process and its
+    /// successors (`Ok(false)`: no process is started now).
+    pub fn set_level(&self, level: log::LevelFilter) -> std::io::Result<bool> {
+        let handle = {
+            let mut current = self.lock();
+            current.level = Some(level);
+            current.process.as_ref().map(DeviceProcess::level_handle)
+        };
+        match handle {
+            Some(handle) => handle.set_level(level),
+            None => Ok(false),
+        }
+    }
+
+    /// The VM is ending: a process held or being given its state is
+    /// killed, so that its replay ends now (the others end as their
+    /// sockets close).
+    pub fn vm_ending(&self) {
+        let current = self.lock();
+        if current.restarting {
+            if let Some(process) = current.process.as_ref() {
+                process.kill_now();
+            }
+        }
+    }
+
+    /// Starts process number `generation` on a new socket pair (and, if
+    /// `hold`, with a hold socket); returns it, the monitor's end of its
+    /// vhost-user socket and of its hold socket.
+    fn spawn(
+        &self,
+        generation: u64,
+        hold: bool,
+    ) -> Result<(DeviceProcess, UnixStream, Option<UnixStream>), SupervisorError> {
+        let name = &self.recipe.name;
+        let pair = |what| {
+            UnixStream::pair().map_err(|source| SupervisorError::Socket {
+                name: name.clone(),
+                what,
+                source,
+            })
+        };
+        let (ours, theirs) = pair("vhost-user")?;
+        let hold = hold.then(|| pair("hold")).transpose()?;
+        let mut fds: Vec<BorrowedFd<'_>> = vec![theirs.as_fd()];
+        fds.extend(self.recipe.resources.iter().map(AsFd::as_fd));
+        let mut extra = vec![("--metrics-fd", self.metrics_fd.as_fd())];
+        if let Some((_, device_end)) = &hold {
+            extra.push(("--hold-fd", device_end.as_fd()));
+        }
+        let mut args = self.recipe.args.clone();
+        for (option, fd) in extra {
+            args.push(option.to_string());
+            args.push((FIRST_PASSED_FD + fds.len() as i32).to_string());
+            fds.push(fd);
+        }
+        let me = self.me.clone();
+        let on_death = Box::new(move |how: String| {
+            if let Some(supervisor) = me.upgrade() {
+                supervisor.died(generation, how);
+            }
+        });
+        let level = self.lock().level.unwrap_or_else(log::max_level);
+        let process = DeviceProcess::spawn_supervised(
+            name,
+            &self.recipe.program,
+            &args,
+            &fds,
+            self.events.clone(),
+            &self.sandbox,
+            Some(Supervised { on_death, level }),
+        )?;
+        Ok((process, ours, hold.map(|(ours, _)| ours)))
+    }
+
+    /// Process `generation` ended `how`: restart it (see the module), on
+    /// the dead process's waiter thread.
+    fn died(&self, generation: u64, how: String) {
+        let name = &self.recipe.name;
+        // Not connected yet: the first start is failing, and says so.
+        let Some(device) = self.device.get() else {
+            return;
+        };
+        let (mut generation, mut how) = (generation, how);
+        loop {
+            let (delay, streak, old) = {
+                let mut current = self.lock();
+                if current.generation != generation || self.events.is_stopping() {
+                    return;
+                }
+                if current.restarting {
+                    // Its restart is under way and sees this death.
+                    current.died_in_replay = Some(how);
+                    return;
+                }
+                let old = current.process.take().map(|p| p.pid());
+                // A restart asked for is no crash: it neither counts toward
+                // nor breaks a streak.
+                let asked = std::mem::take(&mut current.asked);
+                if !asked {
+                    if current.started.elapsed() < self.policy.quick {
+                        current.streak += 1;
+                    } else {
+                        current.streak = 0;
+                    }
+                }
+                (self.policy.delay(current.streak), current.streak, old)
+            };
+            let old = old.map_or_else(String::new, |pid| format!(" (pid {pid})"));
+            let Some(delay) = delay else {
+                let quick = self.policy.quick;
+                log::error!(
+                    "{name}{old} {how}: it died within {quick:?} of starting {streak} times in \
+                     a row; not restarting it"
+                );
+                self.events.send(VmEvent::DeviceDied {
+                    device: name.clone(),
+                    how: format!(
+                        "{how}, after dying within {quick:?} of starting {streak} times in a row"
+                    ),
+                });
+                return;
+            };
+            if delay.is_zero() {
+                log::warn!("{name}{old} {how}; restarting it");
+            } else {
+                log::warn!("{name}{old} {how}; restarting it in {delay:?}");
+            }
+            std::thread::sleep(delay);
+            if self.events.is_stopping() {
+                return;
+            }
+            generation += 1;
+            match self.restart(generation, device) {
+                Ok(pid) => {
+                    let restarts = self.lock().restarts;
+                    log::info!("{name}: restarted as pid {pid} (restart {restarts})");
+                    return;
+                }
+                // The attempt counts as a process of its own that died at
+                // once; its real death, if any, is of a generation past.
+                Err(e) => {
+                    how = format!("could not be restarted: {}", ipc::error_chain(&e));
+                    generation += 1;
+                    self.lock().generation = generation;
+                }
+            }
+        }
+    }
+
+    /// Starts process `generation` and replays the device's state to it
+    /// (held first, if a held restart was asked for).
+    fn restart(&self, generation: u64, device: &SharedDevice) -> Result<u32, SupervisorError> {
+        let hold = {
+            let mut current = self.lock();
+            current.generation = generation;
+            current.started = Instant::now();
+            current.restarting = true;
+            current.died_in_replay = None;
+            current.hold_next.take()
+        };
+        let result = self.start_and_replay(device, generation, hold.as_ref());
+        let mut current = self.lock();
+        current.restarting = false;
+        current.held = false;
+        // A death seen meanwhile is the cause of a failed replay, and fails
+        // one that seemed to succeed.
+        let pid = current.process.as_ref().map(DeviceProcess::pid);
+        let result = match (result, current.died_in_replay.take(), pid) {
+            (_, Some(how), Some(pid)) => Err(SupervisorError::DiedInReplay {
+                name: self.recipe.name.clone(),
+                pid,
+                how,
+            }),
+            (result, _, _) => result,
+        };
+        match result {
+            Ok(pid) => {
+                current.restarts += 1;
+                drop(current);
+                if let Some(after) = &self.recipe.after_restart {
+                    after();
+                }
+                Ok(pid)
+            }
+            Err(e) => {
+                // Not a process of this device: its death restarts nothing.
+                current.generation = generation + 1;
+                if let Some(process) = current.process.take() {
+                    process.kill();
+                }
+                if let Some(report) = hold {
+                    let _ = report.try_send(Err(ipc::error_chain(&e)));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`restart`](Self::restart): the process is in
+    /// `current` from its start (so that `vmctl device` sees and may
+    /// restart it) until it fails.
+    fn start_and_replay(
+        &self,
+        device: &SharedDevice,
+        generation: u64,
+        hold: Option<&HoldReport>,
+    ) -> Result<u32, SupervisorError> {
+        let name = &self.recipe.name;
+        let (process, socket, hold_socket) = self.spawn(generation, hold.is_some())?;
+        let pid = process.pid();
+        self.lock().process = Some(process);
+        if let (Some(report), Some(mut hold_socket)) = (hold, hold_socket) {
+            let stop = || {
+                let current = self.lock();
+                match current.process.as_ref() {
+                    Some(process) => process.stop(),
+                    None => Err(std::io::Error::from_raw_os_error(libc::ESRCH)),
+                }
+            };
+            ipc::hold::hold(&mut hold_socket, HOLD_TIMEOUT, stop).map_err(|source| {
+                SupervisorError::Hold {
+                    name: name.clone(),
+                    pid,
+                    source,
+                }
+            })?;
+            self.lock().held = true;
+            log::warn!(
+                "{name}: pid {pid} is held stopped before it serves; the guest's I/O on it \
+                 waits. Attach a debugger or tracer, then continue it (kill -CONT {pid})"
+            );
+            let _ = report.try_send(Ok(pid));
+        }
+        // A held process answers once continued, whenever that is.
+        let timeout = hold.is_none().then_some(REPLAY_TIMEOUT);
+        device.lock().reconnect(socket, timeout)?;
+        Ok(pid)
+    }
+}
