@@ -122,6 +122,10 @@ pub struct Launch {
     /// Run the VM's device processes without their sandbox (debugging;
     /// vmd sets it only when root asked).
     pub sandbox_off: bool,
+    /// vm.conf's `restarts N`: quick deaths in a row of a device process
+    /// after which the VM stops (0: never restart one); `None`: the
+    /// monitor's default.
+    pub device_restarts: Option<u32>,
 }
 
 /// One disk, opened (and locked) by vmd. Its fds: the image, then its

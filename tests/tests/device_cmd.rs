@@ -176,3 +176,44 @@ fn vmctl_device_counts_sets_a_level_and_holds_a_restart_for_a_debugger() {
     console.expect("VMDT PASS blk-stall", Duration::from_secs(90));
     assert!(console.seen().contains(" errors=0 "), "{}", console.seen());
 }
+
+/// vm.conf's `restarts 0`: as with OpenBSD's vmd, a dead device process
+/// ends its VM, and `vmctl device restart` is refused rather than ending
+/// it.
+#[test]
+fn restarts_0_stops_the_vm_when_a_device_dies() {
+    if !kvm_or_skip("restarts_0_stops_the_vm_when_a_device_dies") {
+        return;
+    }
+    let scratch = Scratch::new("device-restarts-0");
+    let disk = scratch.path("d.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let config = format!(
+        "vm \"once\" {{\n boot \"{TEST_GUEST}\"\n memory 32M\n disk \"{}\"\n restarts 0\n \
+         cmdline \"test=ticker ms=500\"\n}}\n",
+        disk.display()
+    );
+    let dir = scratch.path("vmd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let vmd = Vmd::start(&dir, &config);
+    let running = vmd.wait_state("once", "running", Duration::from_secs(30));
+    let monitor: u32 = running.pid.parse().unwrap();
+    vmd.vmctl(&["device", "restart", "once", "disk0"])
+        .fails_with("disk0 is never restarted: this VM's vm.conf says restarts 0");
+    assert_eq!(vmd.row("once").state, "running");
+
+    let pids = vmd_tests::vmd::children_named(monitor, "dev-block");
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pids[0] as libc::pid_t, libc::SIGKILL) };
+    vmd.wait_state("once", "stopped", Duration::from_secs(30));
+    let log = vmd.log();
+    assert!(
+        log.contains("not restarting it (vm.conf: restarts 0)"),
+        "{log}"
+    );
+    assert!(!log.contains("disk0: restarted as pid"), "{log}");
+}

@@ -186,6 +186,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskBackend>,
     /// How the VM's device processes are sandboxed.
     pub sandbox: DeviceSandbox,
+    /// When a dead device process is restarted.
+    pub restart_policy: crate::supervisor::RestartPolicy,
 }
 
 /// How a VM's device processes are sandboxed (crate sandbox-profiles:
@@ -285,6 +287,7 @@ impl TryFrom<Cli> for VmConfig {
             .collect::<Result<_, _>>()?;
         Ok(VmConfig {
             sandbox: DeviceSandbox::default(),
+            restart_policy: crate::supervisor::RestartPolicy::default(),
             kernel: cli.kernel.ok_or(ConfigError::NoKernel)?,
             initrd: cli.initrd,
             cmdline: cli.cmdline,

@@ -88,13 +88,15 @@ pub struct AttachedDisk {
 }
 
 /// Connects disk number `index` as `disk` describes, asking for `queues`
-/// request queues; device deaths are reported to `events`.
+/// request queues; its dev-block, sandboxed as `sandbox` says, is
+/// restarted as `policy` says, and reports to `events`.
 pub fn attach(
     index: usize,
     disk: &DiskBackend,
     queues: u16,
     events: &VmEvents,
     sandbox: &crate::config::DeviceSandbox,
+    policy: RestartPolicy,
 ) -> Result<AttachedDisk, DiskError> {
     let name = format!("disk{index}");
     let queues = queues.clamp(1, MAX_BLOCK_QUEUES);
@@ -123,7 +125,7 @@ pub fn attach(
                 readonly: *readonly,
             };
             // The child gets its copies; ours close when attach returns.
-            spawn_dev_block(&served, queues, events, sandbox)
+            spawn_dev_block(&served, queues, events, sandbox, policy)
         }
         DiskBackend::Files(files) => {
             let served = Served {
@@ -135,7 +137,7 @@ pub fn attach(
                 readonly: files.readonly,
             };
             // The files stay open in `files` for a rebuilt VM.
-            spawn_dev_block(&served, queues, events, sandbox)
+            spawn_dev_block(&served, queues, events, sandbox, policy)
         }
     }
 }
@@ -157,6 +159,7 @@ fn spawn_dev_block(
     queues: u16,
     events: &VmEvents,
     sandbox: &crate::config::DeviceSandbox,
+    policy: RestartPolicy,
 ) -> Result<AttachedDisk, DiskError> {
     let index = disk.index;
     let name = format!("disk{index}");
@@ -205,7 +208,7 @@ fn spawn_dev_block(
         recipe,
         sandbox,
         events.clone(),
-        RestartPolicy::default(),
+        policy,
         VIRTIO_ID_BLOCK,
         queues,
     )?;

@@ -14,7 +14,7 @@ use std::os::fd::AsFd;
 use ipc::monitor::NicAttach;
 
 use crate::device_proc::sibling_binary;
-use crate::supervisor::{Recipe, RestartPolicy, Supervisor};
+use crate::supervisor::{Recipe, Supervisor};
 use crate::vm::{Vm, VmError};
 
 /// The virtio device ID of a network card (virtio 1.2 §5).
@@ -85,7 +85,7 @@ pub fn attach(vm: &mut Vm, index: usize, nic: &NicFiles) -> Result<(), VmError> 
         recipe,
         vm.device_sandbox(),
         vm.events(),
-        RestartPolicy::default(),
+        vm.restart_policy(),
         VIRTIO_ID_NET,
         NET_QUEUES,
     )?;

@@ -23,6 +23,8 @@ use std::time::Duration;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use sandbox_profiles::Profile;
+
+use crate::supervisor::RestartPolicy;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{Bus, BusError, SharedDevice};
@@ -170,6 +172,7 @@ pub struct Vm {
     gate: Arc<PauseGate>,
     com1: Arc<Mutex<Serial>>,
     sandbox: crate::config::DeviceSandbox,
+    restart_policy: RestartPolicy,
 }
 
 impl Vm {
@@ -266,6 +269,7 @@ impl Vm {
             gate: Arc::new(PauseGate::new()),
             com1,
             sandbox: config.sandbox.clone(),
+            restart_policy: config.restart_policy,
         })
     }
 
@@ -283,6 +287,11 @@ impl Vm {
     /// How this VM's device processes are sandboxed.
     pub fn device_sandbox(&self) -> &crate::config::DeviceSandbox {
         &self.sandbox
+    }
+
+    /// When this VM's dead device processes are restarted.
+    pub fn restart_policy(&self) -> RestartPolicy {
+        self.restart_policy
     }
 
     /// COM1, for feeding it console input.
@@ -327,7 +336,14 @@ impl Vm {
     pub fn attach_disks(&mut self, config: &VmConfig) -> Result<(), VmError> {
         let queues = u16::try_from(config.cpus).unwrap_or(u16::MAX);
         for (index, disk) in config.disks.iter().enumerate() {
-            let attached = disks::attach(index, disk, queues, &self.reporter, &self.sandbox)?;
+            let attached = disks::attach(
+                index,
+                disk,
+                queues,
+                &self.reporter,
+                &self.sandbox,
+                self.restart_policy,
+            )?;
             self.supervisors.extend(attached.supervisor);
             let slot = self.add_virtio_device(attached.device)?;
             log::info!("disk{index}: virtio-blk at PCI 00:{slot:02x}.0");

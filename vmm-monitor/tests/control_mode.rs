@@ -239,6 +239,7 @@ impl FakeVmd {
             log_level: LogLevel::Info,
             sandbox_user: None,
             sandbox_off: false,
+            device_restarts: None,
         };
         let fds = [
             kvm.as_fd(),
@@ -582,6 +583,7 @@ fn a_launch_with_missing_fds_is_answered_failed_and_the_monitor_exits_1() {
         log_level: LogLevel::Info,
         sandbox_user: None,
         sandbox_off: false,
+        device_restarts: None,
     };
     let null = File::open("/dev/null").unwrap();
     chan.send(&ToMonitor::Launch(launch), &[null.as_fd()])

@@ -35,7 +35,7 @@ use ipc::console::{Packet, Port, MAX_BYTES};
 use crate::device_proc::sibling_binary;
 use crate::devices::com_queue::ComQueue;
 use crate::devices::serial::{ConsoleSink, Serial};
-use crate::supervisor::{Recipe, RestartPolicy, Supervisor};
+use crate::supervisor::{Recipe, Supervisor};
 use crate::vm::{Vm, VmError};
 
 use super::launch::ConsolePty;
@@ -135,7 +135,7 @@ impl ConsoleLink {
             recipe,
             vm.device_sandbox(),
             vm.events(),
-            RestartPolicy::default(),
+            vm.restart_policy(),
             VIRTIO_ID_CONSOLE,
             CONSOLE_QUEUES,
         )?;

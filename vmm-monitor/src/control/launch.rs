@@ -19,6 +19,7 @@ use ipc::{Channel, IpcError};
 use kvm_ioctls::Kvm;
 
 use crate::config::{memory_problem, DiskBackend, DiskFiles, DiskFormat, VmConfig, MAX_CPUS};
+use crate::supervisor::RestartPolicy;
 use crate::vm::BootImages;
 
 /// How long vmd may take to send the whole launch sequence.
@@ -231,6 +232,10 @@ fn plan_from_launch(launch: Launch, fds: Vec<OwnedFd>) -> Result<LaunchPlan, Lau
             user: launch.sandbox_user,
             off: launch.sandbox_off,
         },
+        restart_policy: launch
+            .device_restarts
+            .map(RestartPolicy::with_max_streak)
+            .unwrap_or_default(),
     };
     Ok(LaunchPlan {
         record: launch.record,
@@ -368,6 +373,7 @@ mod tests {
             log_level: LogLevel::Info,
             sandbox_user: None,
             sandbox_off: false,
+            device_restarts: None,
         })
     }
 

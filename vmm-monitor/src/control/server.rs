@@ -167,6 +167,9 @@ impl Shared {
                 Err(e) => FromMonitor::Failed(e),
             };
         }
+        if !supervisor.is_restarted() {
+            return FromMonitor::Failed(Supervisor::never_restarted(name));
+        }
         match supervisor.restart_now() {
             Some(pid) => {
                 log::info!("{name}: restart of pid {pid} asked by vmd");

@@ -267,8 +267,12 @@ impl Supervisor {
     }
 
     /// Kills the current process (as an operator's restart: its death is
-    /// handled as any other); returns its pid, `None` if none is started.
+    /// handled as any other); returns its pid, `None` if none is started
+    /// or if the device is never restarted ([`RestartPolicy::restarts`]).
     pub fn restart_now(&self) -> Option<u32> {
+        if !self.policy.restarts() {
+            return None;
+        }
         let mut current = self.lock();
         let pid = current.process.as_ref()?.pid();
         current.asked = true;
@@ -282,6 +286,9 @@ impl Supervisor {
     /// before it serves; returns its pid once it is stopped (at most
     /// `timeout` later), or why not.
     pub fn restart_held(&self, timeout: Duration) -> Result<u32, String> {
+        if !self.policy.restarts() {
+            return Err(Self::never_restarted(self.name()));
+        }
         let (report, held) = crossbeam_channel::bounded(1);
         {
             let mut current = self.lock();
@@ -302,6 +309,16 @@ impl Supervisor {
                 self.name()
             )),
         }
+    }
+
+    /// Why a device whose VM says `restarts 0` is not restarted on request.
+    pub fn never_restarted(name: &str) -> String {
+        format!("{name} is never restarted: this VM's vm.conf says restarts 0")
+    }
+
+    /// Whether the device is restarted when it dies.
+    pub fn is_restarted(&self) -> bool {
+        self.policy.restarts()
     }
 
     /// Sets the device's log level, for the current process and its
@@ -414,6 +431,14 @@ impl Supervisor {
             };
             let old = old.map_or_else(String::new, |pid| format!(" (pid {pid})"));
             let Some(delay) = delay else {
+                if !self.policy.restarts() {
+                    log::error!("{name}{old} {how}; not restarting it (vm.conf: restarts 0)");
+                    self.events.send(VmEvent::DeviceDied {
+                        device: name.clone(),
+                        how,
+                    });
+                    return;
+                }
                 let quick = self.policy.quick;
                 log::error!(
                     "{name}{old} {how}: it died within {quick:?} of starting {streak} times in \

@@ -14,7 +14,8 @@ pub struct RestartPolicy {
     pub first_delay: Duration,
     /// Longest delay.
     pub max_delay: Duration,
-    /// Quick deaths in a row after which the VM is stopped.
+    /// Quick deaths in a row after which the VM is stopped; 0: no process
+    /// is restarted (the first death stops the VM, as in OpenBSD's vmd).
     pub max_streak: u32,
 }
 
@@ -30,10 +31,24 @@ impl Default for RestartPolicy {
 }
 
 impl RestartPolicy {
+    /// The default policy with at most `max_streak` quick deaths in a row
+    /// (vm.conf's `restarts`).
+    pub fn with_max_streak(max_streak: u32) -> Self {
+        Self {
+            max_streak,
+            ..Self::default()
+        }
+    }
+
+    /// Whether dead processes are restarted at all.
+    pub fn restarts(&self) -> bool {
+        self.max_streak > 0
+    }
+
     /// The delay before restarting after `streak` quick deaths in a row
     /// (0: the last one lived long enough), or `None` to give up.
     pub fn delay(&self, streak: u32) -> Option<Duration> {
-        if streak > self.max_streak {
+        if !self.restarts() || streak > self.max_streak {
             return None;
         }
         if streak == 0 {
@@ -70,5 +85,15 @@ mod tests {
             ..policy
         };
         assert_eq!(patient.delay(64), Some(patient.max_delay));
+    }
+
+    #[test]
+    fn restarts_0_never_restarts_even_after_a_long_life() {
+        let never = RestartPolicy::with_max_streak(0);
+        assert!(!never.restarts());
+        assert_eq!(never.delay(0), None);
+        assert_eq!(never.delay(1), None);
+        assert_eq!(RestartPolicy::with_max_streak(3).delay(4), None);
+        assert!(RestartPolicy::with_max_streak(3).delay(3).is_some());
     }
 }

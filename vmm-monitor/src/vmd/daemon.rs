@@ -270,6 +270,7 @@ impl Vmd {
             sandbox_user: is_root().then(|| super::sandbox::sandbox_user(id)),
             // `sandbox no`: start_vm checked root asked, and logged it.
             sandbox_off: spec.unsandboxed().is_some(),
+            device_restarts: spec.conf.as_ref().and_then(|c| c.restarts),
         };
         let files = LaunchFiles {
             kvm,

@@ -37,6 +37,7 @@ impl VmBody {
             allow_instance: self.allow.unwrap_or_default(),
             sandbox: self.sandbox.is_none_or(|(on, _)| on),
             sandbox_line: self.sandbox.map_or(0, |(_, line)| line),
+            restarts: self.restarts,
         }
     }
 }
@@ -119,6 +120,7 @@ impl Parser {
         conf.initrd = conf.initrd.or_else(|| parent.initrd.clone());
         conf.cdrom = conf.cdrom.or_else(|| parent.cdrom.clone());
         conf.owner = conf.owner.or_else(|| parent.owner.clone());
+        conf.restarts = conf.restarts.or(parent.restarts);
         if !own_interfaces {
             conf.min_interfaces = parent.min_interfaces;
             conf.interfaces = parent.interfaces.clone();

@@ -35,6 +35,7 @@ pub const KEYWORDS: &[&str] = &[
     "parallel",
     "prefix",
     "rdomain",
+    "restarts",
     "sandbox",
     "socket",
     "staggered",

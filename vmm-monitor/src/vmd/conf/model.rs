@@ -237,6 +237,12 @@ pub struct VmConf {
     /// The line of `sandbox no` (or `yes`), in [`Self::file`]; 0 when the
     /// block does not say.
     pub sandbox_line: u32,
+    /// `restarts N` (ours): a device process that dies within 250 ms of
+    /// its start N + 1 times in a row stops the VM; 0: a dead device
+    /// process is never restarted (the VM stops, as with OpenBSD's vmd).
+    /// `None`: the default, 10. Inherited by instances, which may set
+    /// their own.
+    pub restarts: Option<u32>,
 }
 
 /// `switch "name" { ... }`: on Linux a bridge that VM taps join.

@@ -683,3 +683,22 @@ fn sandbox_no_is_not_inherited_but_an_instance_may_say_it() {
     assert!(c.vms[1].sandbox, "an instance is sandboxed by default");
     assert_eq!((c.vms[2].sandbox, c.vms[2].sandbox_line), (false, 7));
 }
+
+#[test]
+fn restarts_is_a_bounded_number_that_instances_inherit_or_set() {
+    let c = parse(
+        "vm base {\n  restarts 0\n  allow instance { memory }\n}\n\
+         vm base instance same { memory 64M }\n\
+         vm base instance own {\n  restarts 3\n}\nvm plain {\n}\n",
+    );
+    let got: Vec<_> = c.vms.iter().map(|v| v.restarts).collect();
+    assert_eq!(got, [Some(0), Some(0), Some(3), None]);
+    assert_eq!(
+        one_error("vm a {\n  restarts 1001\n}\n"),
+        "vm.conf:2: bad restarts '1001': expected a number from 0 to 1000"
+    );
+    assert_eq!(
+        one_error("vm a {\n  restarts 1\n  restarts 2\n}\n"),
+        "vm.conf:3: restarts specified twice"
+    );
+}

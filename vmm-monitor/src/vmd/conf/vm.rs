@@ -16,6 +16,9 @@ pub const MAX_DISKS: usize = 16;
 /// (vmd allows 4; PCI slots as for disks).
 pub const MAX_INTERFACES: usize = 8;
 
+/// Most `restarts` (quick device deaths in a row before the VM stops).
+pub const MAX_RESTARTS: u32 = 1000;
+
 /// What one `vm` block sets, before inheritance.
 #[derive(Debug, Default)]
 pub(super) struct VmBody {
@@ -23,6 +26,8 @@ pub(super) struct VmBody {
     pub enabled: Option<bool>,
     /// `sandbox yes|no`, and its line.
     pub sandbox: Option<(bool, u32)>,
+    /// `restarts N` (ours).
+    pub restarts: Option<u32>,
     /// `memory`, in bytes.
     pub memory: Option<u64>,
     /// `cpus`.
@@ -218,6 +223,14 @@ impl Parser {
                 once(self, &mut body.sandbox, (on, pos.line), pos, "sandbox")?;
                 // Like enable/disable, not an `allow instance` item: an
                 // instance is sandboxed unless its own block says otherwise.
+                return Ok(());
+            }
+            "restarts" => {
+                let (n, _) = self.value("a number", |t| {
+                    values::number(t, "restarts", 0, u64::from(MAX_RESTARTS))
+                })?;
+                once(self, &mut body.restarts, n as u32, pos, "restarts")?;
+                // An instance may set its own: it concerns only itself.
                 return Ok(());
             }
             "allow" => {
