@@ -220,16 +220,30 @@ fn connect_gated(io_threads: usize, queue_size: u16) -> (TestFrontend, Arc<Gate>
     (TestFrontend::connect(ours, opts).unwrap(), gate)
 }
 
+/// Adds requests to queue 0 with `add` while the ring is disabled, then
+/// enables it and kicks: the queue worker finds them all at once. (A
+/// request it found alone on an idle queue it would run itself, and one
+/// held by the gate would block it.)
+fn all_at_once<T>(fe: &mut TestFrontend, add: impl FnOnce(&mut TestFrontend) -> T) -> T {
+    fe.frontend().set_vring_enable(0, false).unwrap();
+    let out = add(fe);
+    fe.frontend().set_vring_enable(0, true).unwrap();
+    fe.kick(0).unwrap();
+    out
+}
+
 #[test]
 fn many_reads_in_flight_complete_out_of_order() {
     const N: u64 = 24;
     let (mut fe, gate) = connect_gated(32, 64);
-    let mut heads = Vec::new();
-    for sector in 0..N {
-        gate.hold(sector * 512);
-        heads.push(fe.add_request(0, &header(0, sector), 512 + 1).unwrap());
-    }
-    fe.kick(0).unwrap();
+    let heads: Vec<u16> = all_at_once(&mut fe, |fe| {
+        (0..N)
+            .map(|sector| {
+                gate.hold(sector * 512);
+                fe.add_request(0, &header(0, sector), 512 + 1).unwrap()
+            })
+            .collect()
+    });
     // All N reads are in the disk at the same time.
     gate.wait_inside(N as usize);
     assert!(fe.take_used(0).unwrap().is_empty());
@@ -252,13 +266,15 @@ fn flush_waits_for_earlier_requests_only() {
     // Reads of the gated disk always go to the pool (no try_read_at);
     // writes run on the queue worker.
     gate.hold(8 * 512);
-    let slow = fe.add_request(0, &header(0, 8), 513).unwrap();
-    let mut out = header(1, 9);
-    out.extend(vec![0x5a; 512]);
-    let write = fe.add_request(0, &out, 1).unwrap();
-    let flush = fe.add_request(0, &header(4, 0), 1).unwrap();
-    let read = fe.add_request(0, &header(0, 3), 513).unwrap();
-    fe.kick(0).unwrap();
+    let (slow, write, flush, read) = all_at_once(&mut fe, |fe| {
+        let slow = fe.add_request(0, &header(0, 8), 513).unwrap();
+        let mut out = header(1, 9);
+        out.extend(vec![0x5a; 512]);
+        let write = fe.add_request(0, &out, 1).unwrap();
+        let flush = fe.add_request(0, &header(4, 0), 1).unwrap();
+        let read = fe.add_request(0, &header(0, 3), 513).unwrap();
+        (slow, write, flush, read)
+    });
     // The write and the read popped after the flush do not wait for it.
     let mut ids: Vec<u16> = Vec::new();
     let end = Instant::now() + WAIT;
@@ -295,9 +311,10 @@ fn flush_waits_for_earlier_requests_only() {
 fn stopping_the_ring_waits_for_requests_in_flight() {
     let (mut fe, gate) = connect_gated(4, 16);
     gate.hold(0);
-    fe.add_request(0, &header(0, 0), 513).unwrap();
-    fe.add_request(0, &header(0, 1), 513).unwrap();
-    fe.kick(0).unwrap();
+    all_at_once(&mut fe, |fe| {
+        fe.add_request(0, &header(0, 0), 513).unwrap();
+        fe.add_request(0, &header(0, 1), 513).unwrap();
+    });
     let used = fe.wait_used(0, 1, WAIT).unwrap();
     assert_eq!(used.len(), 1, "the read of sector 1 completes");
     gate.wait_inside(1);
@@ -344,9 +361,11 @@ fn thread_ticks(name: &str) -> u64 {
 fn completion_on_a_disabled_ring_waits_for_enable_without_spinning() {
     let (mut fe, gate) = connect_gated(4, 16);
     gate.hold(0);
-    let a = fe.add_request(0, &header(0, 0), 513).unwrap();
-    let b = fe.add_request(0, &header(0, 1), 513).unwrap();
-    fe.kick(0).unwrap();
+    let (a, b) = all_at_once(&mut fe, |fe| {
+        let a = fe.add_request(0, &header(0, 0), 513).unwrap();
+        let b = fe.add_request(0, &header(0, 1), 513).unwrap();
+        (a, b)
+    });
     assert_eq!(fe.wait_used(0, 1, WAIT).unwrap()[0].id, b);
     fe.frontend().set_vring_enable(0, false).unwrap();
     // A request with a reply: the backend has handled the one before.

@@ -11,20 +11,17 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_monitor::memory::GuestRam;
 use vmm_monitor::vhost_user::VhostUserDevice;
-use vmm_monitor::virtio::{QueueConfig, QueueSet, VirtioDevice};
+use vmm_monitor::virtio::VirtioDevice;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod common;
-use common::{
-    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE,
-};
+use common::driver::{dev_block_binary, Driver, DATA};
+use common::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_ID_BLOCK};
 
 /// Room for [`BATCH`] requests of three descriptors each.
 const RING: u16 = 128;
@@ -33,15 +30,8 @@ const BATCH: u16 = 32;
 const BLOCK: u64 = 1 << 20;
 /// Kill-and-replace rounds.
 const ROUNDS: u8 = 6;
-const DESC: u64 = 0x1_0000;
-const AVAIL: u64 = 0x1_1000;
-const USED: u64 = 0x1_2000;
-const HEADERS: u64 = 0x2_0000;
-const STATUS: u64 = 0x3_0000;
-const DATA: u64 = 0x10_0000;
 /// Ring size the monitor asks dev-block to track inflight state for.
 const INFLIGHT_DESCS: u64 = 256;
-const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A dev-block process on one end of a socket pair; killed when dropped.
 struct Backend {
@@ -53,13 +43,6 @@ impl Drop for Backend {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// dev-block, built beside this test's binary (`cargo build --workspace`).
-fn dev_block_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("dev-block");
-    path.is_file().then_some(path)
 }
 
 /// Starts dev-block on `image`; returns it and the monitor's end.
@@ -86,112 +69,6 @@ fn start_backend(program: &PathBuf, image: &std::fs::File) -> (Backend, UnixStre
     let child = command.spawn().expect("start dev-block");
     drop(OwnedFd::from(theirs));
     (Backend { child }, ours)
-}
-
-/// The guest driver's side of the queue.
-struct Driver {
-    ram: GuestRam,
-    avail_idx: u16,
-}
-
-impl Driver {
-    fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(DESC + 16 * u64::from(i));
-        let mem = self.ram.memory();
-        mem.write_obj(addr, at).unwrap();
-        mem.write_obj(len, at.unchecked_add(8)).unwrap();
-        mem.write_obj(flags, at.unchecked_add(12)).unwrap();
-        mem.write_obj(next, at.unchecked_add(14)).unwrap();
-    }
-
-    /// Queues request `n` (`kind` on sector range `n * BLOCK`) without
-    /// kicking; its data buffer is filled with `fill` for a write.
-    fn submit(&mut self, n: u16, kind: u32, fill: u8) {
-        let mem = self.ram.memory();
-        let header = HEADERS + 16 * u64::from(n);
-        let data = DATA + BLOCK * u64::from(n);
-        let status = STATUS + u64::from(n);
-        mem.write_obj(kind, GuestAddress(header)).unwrap();
-        mem.write_obj(0u32, GuestAddress(header + 4)).unwrap();
-        mem.write_obj(u64::from(n) * BLOCK / 512, GuestAddress(header + 8))
-            .unwrap();
-        mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
-        let data_flags = if kind == VIRTIO_BLK_T_IN {
-            VRING_DESC_F_WRITE
-        } else {
-            mem.write_slice(&vec![fill; BLOCK as usize], GuestAddress(data))
-                .unwrap();
-            0
-        };
-        let head = 3 * n;
-        self.desc(head, header, 16, VRING_DESC_F_NEXT, head + 1);
-        self.desc(
-            head + 1,
-            data,
-            BLOCK as u32,
-            data_flags | VRING_DESC_F_NEXT,
-            head + 2,
-        );
-        self.desc(head + 2, status, 1, VRING_DESC_F_WRITE, 0);
-        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % RING);
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        fence(Ordering::SeqCst);
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .unwrap();
-        fence(Ordering::SeqCst);
-    }
-
-    fn used_idx(&self) -> u16 {
-        fence(Ordering::SeqCst);
-        self.ram.memory().read_obj(GuestAddress(USED + 2)).unwrap()
-    }
-
-    /// The head ids in the used ring, entries `from..to`.
-    fn used_heads(&self, from: u16, to: u16) -> Vec<u32> {
-        (from..to)
-            .map(|i| {
-                let at = USED + 4 + 8 * u64::from(i % RING);
-                self.ram.memory().read_obj(GuestAddress(at)).unwrap()
-            })
-            .collect()
-    }
-
-    fn wait_used(&self, idx: u16) {
-        let deadline = Instant::now() + TIMEOUT;
-        while self.used_idx() != idx {
-            assert!(
-                Instant::now() < deadline,
-                "used idx {} never reached {idx}",
-                self.used_idx()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn status(&self, n: u16) -> u8 {
-        self.ram
-            .memory()
-            .read_obj(GuestAddress(STATUS + u64::from(n)))
-            .unwrap()
-    }
-
-    fn queue(&self, kick: &EventFd, call: &EventFd) -> QueueSet {
-        QueueSet {
-            memory: self.ram.memory().clone(),
-            acked_features: VIRTIO_F_VERSION_1,
-            queues: vec![QueueConfig {
-                index: 0,
-                size: RING,
-                desc_table: GuestAddress(DESC),
-                avail_ring: GuestAddress(AVAIL),
-                used_ring: GuestAddress(USED),
-                kick: kick.try_clone().unwrap(),
-                call: Some(call.try_clone().unwrap()),
-            }],
-            config_change: None,
-        }
-    }
 }
 
 /// How many descriptors queue 0's inflight area marks in flight (read
@@ -240,6 +117,8 @@ fn a_killed_backend_is_replaced_and_every_request_completes_once() {
     let mut driver = Driver {
         ram: GuestRam::new(64 << 20).unwrap(),
         avail_idx: 0,
+        ring: RING,
+        block: BLOCK,
     };
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();
     let call = EventFd::new(EFD_NONBLOCK).unwrap();

@@ -339,6 +339,9 @@ impl Supervisor {
     /// killed, so that its replay ends now (the others end as their
     /// sockets close).
     pub fn vm_ending(&self) {
+        if let Some(device) = self.device.get() {
+            device.backend_gone();
+        }
         let current = self.lock();
         if current.restarting {
             if let Some(process) = current.process.as_ref() {
@@ -408,7 +411,11 @@ impl Supervisor {
         loop {
             let (delay, streak, old) = {
                 let mut current = self.lock();
-                if current.generation != generation || self.events.is_stopping() {
+                if self.events.is_stopping() {
+                    device.backend_gone();
+                    return;
+                }
+                if current.generation != generation {
                     return;
                 }
                 if current.restarting {
@@ -416,6 +423,8 @@ impl Supervisor {
                     current.died_in_replay = Some(how);
                     return;
                 }
+                // Guest requests wait for the successor from now on.
+                device.backend_down();
                 let old = current.process.take().map(|p| p.pid());
                 // A restart asked for is no crash: it neither counts toward
                 // nor breaks a streak.
@@ -431,6 +440,7 @@ impl Supervisor {
             };
             let old = old.map_or_else(String::new, |pid| format!(" (pid {pid})"));
             let Some(delay) = delay else {
+                device.backend_gone();
                 if !self.policy.restarts() {
                     log::error!("{name}{old} {how}; not restarting it (vm.conf: restarts 0)");
                     self.events.send(VmEvent::DeviceDied {
@@ -459,6 +469,7 @@ impl Supervisor {
             }
             std::thread::sleep(delay);
             if self.events.is_stopping() {
+                device.backend_gone();
                 return;
             }
             generation += 1;
@@ -509,6 +520,7 @@ impl Supervisor {
             Ok(pid) => {
                 current.restarts += 1;
                 drop(current);
+                device.backend_up();
                 if let Some(after) = &self.recipe.after_restart {
                     after();
                 }

@@ -65,6 +65,38 @@ pub struct QueueSet {
     pub config_change: Option<EventFd>,
 }
 
+impl QueueSet {
+    /// A copy with its own duplicates of the eventfds (to try an
+    /// activation again).
+    pub fn try_clone(&self) -> std::io::Result<QueueSet> {
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| {
+                Ok(QueueConfig {
+                    index: q.index,
+                    size: q.size,
+                    desc_table: q.desc_table,
+                    avail_ring: q.avail_ring,
+                    used_ring: q.used_ring,
+                    kick: q.kick.try_clone()?,
+                    call: q.call.as_ref().map(EventFd::try_clone).transpose()?,
+                })
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(QueueSet {
+            memory: self.memory.clone(),
+            acked_features: self.acked_features,
+            queues,
+            config_change: self
+                .config_change
+                .as_ref()
+                .map(EventFd::try_clone)
+                .transpose()?,
+        })
+    }
+}
+
 /// A device could not start or stop.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioDeviceError {

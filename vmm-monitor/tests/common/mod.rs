@@ -4,6 +4,8 @@
 // Each test binary uses some of them.
 #![allow(dead_code)]
 
+pub mod driver;
+
 /// Device ID of a block device.
 pub const VIRTIO_ID_BLOCK: u32 = 2;
 /// Feature bit of a modern device.
