@@ -47,8 +47,13 @@ pub struct Cli {
     #[arg(long, value_name = "FD")]
     pub com_fd: Option<i32>,
     /// Bytes of recent output kept for replay (at least 64K; K/M suffixes).
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", conflicts_with = "ring_fd")]
     pub ring_size: Option<String>,
+    /// Inherited memfd the ring is kept in (under the monitor, which keeps
+    /// it for this process's successors): its size, less a header, is the
+    /// ring's.
+    #[arg(long, value_name = "FD")]
+    pub ring_fd: Option<i32>,
     /// More log output (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -81,6 +86,8 @@ pub struct ConsoleConfig {
     pub side_channel: Option<i32>,
     /// Ring size in bytes, MIN_RING_SIZE..=MAX_RING_SIZE.
     pub ring_size: usize,
+    /// The memfd the ring is kept in, if any (then `ring_size` is unused).
+    pub ring_fd: Option<i32>,
 }
 
 /// A command line that cannot be used.
@@ -147,7 +154,8 @@ impl TryFrom<Cli> for ConsoleConfig {
             Some(listen) => listen,
             None => return Err(ConfigError::Missing("--socket-fd or --socket")),
         };
-        let mut fds: Vec<i32> = [master, slave, side_channel]
+        let ring_fd = passed_fd_opt("ring-fd", cli.ring_fd)?;
+        let mut fds: Vec<i32> = [master, slave, side_channel, ring_fd]
             .into_iter()
             .flatten()
             .chain(connection.passed_fds())
@@ -163,6 +171,7 @@ impl TryFrom<Cli> for ConsoleConfig {
             pty,
             side_channel,
             ring_size: ring_size(cli.ring_size.as_deref())?,
+            ring_fd,
         })
     }
 }
@@ -203,6 +212,14 @@ mod tests {
         let mut args = MONITOR.to_vec();
         args.extend(["--ring-size", "1M"]);
         assert_eq!(parse(&args).unwrap().ring_size, 1 << 20);
+        let mut args = MONITOR.to_vec();
+        args.extend(["--ring-fd", "7"]);
+        assert_eq!(parse(&args).unwrap().ring_fd, Some(7));
+        args.extend(["--ring-size", "1M"]);
+        assert!(parse(&args).is_err(), "the fd's size is the ring's");
+        let mut args = MONITOR.to_vec();
+        args.extend(["--ring-fd", "6"]);
+        assert_eq!(parse(&args).unwrap_err(), "fd 6 is passed for two purposes");
     }
 
     #[test]

@@ -100,12 +100,27 @@ pub struct ConsoleLoop {
     stop: EventFd,
     client: Option<Client>,
     com_pending: Option<Vec<u8>>,
+    /// Where the client of this process's predecessor was in the ring,
+    /// for a Resume.
+    resume_at: Option<u64>,
 }
 
 impl ConsoleLoop {
     /// A loop over `pty` (master already non-blocking) and the side
     /// channel `side`; it returns when `stop` is signalled.
     pub fn new(shared: Arc<Shared>, pty: Pty, side: Option<OwnedFd>, stop: EventFd) -> Self {
+        Self::resuming(shared, pty, side, stop, None)
+    }
+
+    /// [`new`](Self::new), for the successor of a process whose client
+    /// had read the ring up to `resume_at`: a Resume goes on from there.
+    pub fn resuming(
+        shared: Arc<Shared>,
+        pty: Pty,
+        side: Option<OwnedFd>,
+        stop: EventFd,
+        resume_at: Option<u64>,
+    ) -> Self {
         let client = side.is_none().then(|| Client {
             cursor: shared.lock().ring().cursor_at_oldest(),
             lagging: 0,
@@ -118,6 +133,7 @@ impl ConsoleLoop {
             stop,
             client,
             com_pending: None,
+            resume_at,
         }
     }
 
@@ -243,6 +259,7 @@ impl ConsoleLoop {
                 Ok(n) => {
                     client.cursor.advance(n);
                     ConsoleMetrics::add(&metrics.pty_out, n as u64);
+                    self.shared.lock().note_client(Some(client.cursor.pos()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -358,6 +375,7 @@ impl ConsoleLoop {
                 if self.client.take().is_some() {
                     info!("console client detached");
                 }
+                self.shared.lock().note_client(None);
             }
             Packet::ComInput(_) => self.bad_packet("ComInput from the monitor"),
             Packet::InputTo(port) => {
@@ -371,16 +389,26 @@ impl ConsoleLoop {
         }
     }
 
-    /// A client attaches (`new`), or was attached to this process's
-    /// predecessor: then what it typed meanwhile stays, and the ring (all
-    /// of it written since this process started) follows.
+    /// A client attaches (`new`): the ring is replayed from its oldest
+    /// byte. Or it was attached to this process's predecessor: then what
+    /// it typed meanwhile stays, and the ring follows from where that
+    /// client was (if the predecessor's ring was kept, else all of it).
     fn attach(&mut self, new: bool) {
         if new {
             if let Err(e) = sys::flush_pty(&self.pty.master) {
                 warn!("flushing the console pty: {e}");
             }
         }
-        let cursor = self.shared.lock().ring().cursor_at_oldest();
+        let resume_at = if new { None } else { self.resume_at.take() };
+        let cursor = {
+            let mut state = self.shared.lock();
+            let cursor = match resume_at {
+                Some(pos) => state.ring().cursor_at(pos),
+                None => state.ring().cursor_at_oldest(),
+            };
+            state.note_client(Some(cursor.pos()));
+            cursor
+        };
         info!(
             "console client {}; replaying {} bytes",
             if new { "attached" } else { "still attached" },

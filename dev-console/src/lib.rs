@@ -39,11 +39,14 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use config::{ConsoleConfig, PtySource};
+use config::{ConsoleConfig, PtySource, MIN_RING_SIZE};
 use console::{ConsoleLoop, Exit, Pty};
 use dev_backend::process::{take_passed_fd, FdError};
 use device::ConsoleDevice;
+use ipc::console::RING_HEADER;
+use ipc::shm::SharedMemory;
 use log::info;
+use ring::Ring;
 use state::{Shared, Source};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -88,6 +91,9 @@ pub enum RunError {
     /// The vhost-user thread panicked.
     #[error("the vhost-user thread panicked")]
     ServePanicked,
+    /// The ring's memfd cannot be used.
+    #[error("--ring-fd: {0}")]
+    Ring(String),
 }
 
 fn setup(what: &'static str) -> impl FnOnce(io::Error) -> RunError {
@@ -153,7 +159,25 @@ pub fn run(config: ConsoleConfig) -> Result<(), RunError> {
     } else {
         Source::Virtio
     };
-    let shared = Shared::new(config.ring_size, first_input).map_err(setup("eventfds"))?;
+    let (ring, resume_at) = match config.ring_fd {
+        Some(fd) => {
+            let memory = take_fd(fd, "ring memfd")?;
+            let memory = SharedMemory::map(&memory, RING_HEADER + MIN_RING_SIZE)
+                .map_err(|e| RunError::Ring(e.to_string()))?;
+            let (ring, resume_at) =
+                Ring::in_shared(memory).map_err(|e| RunError::Ring(e.to_string()))?;
+            if ring.head() > 0 {
+                info!(
+                    "kept {} bytes of output from before a restart",
+                    ring.head() - ring.oldest()
+                );
+            }
+            (ring, resume_at)
+        }
+        None => (Ring::new(config.ring_size), None),
+    };
+    let ring_size = ring.capacity();
+    let shared = Shared::with_ring(ring, first_input).map_err(setup("eventfds"))?;
     if let Some(side) = &side {
         // The monitor keeps where typed input goes, for a successor.
         let side = side
@@ -184,8 +208,8 @@ pub fn run(config: ConsoleConfig) -> Result<(), RunError> {
             result
         })
         .map_err(setup("the vhost-user thread"))?;
-    info!("serving a {} byte ring", config.ring_size);
-    let exit = ConsoleLoop::new(Arc::clone(&shared), pty, side, stop).run();
+    info!("serving a {ring_size} byte ring");
+    let exit = ConsoleLoop::resuming(Arc::clone(&shared), pty, side, stop, resume_at).run();
     info!("{}", shared.metrics().snapshot());
     match exit? {
         Exit::SideChannelClosed => {

@@ -7,6 +7,13 @@
 //! cursor skips ahead to the oldest byte kept and the skipped bytes are
 //! reported, so that a slow client costs memory nothing and loses only
 //! what it could not keep up with.
+//!
+//! Under the monitor the ring lives in a memfd its supervisor keeps
+//! (`--ring-fd`), so that a restarted dev-console replays what its
+//! predecessors wrote, and an attached client goes on from where it was.
+
+use ipc::console::RING_HEADER;
+use ipc::shm::SharedMemory;
 
 /// Recent output, the last `capacity` bytes written.
 ///
@@ -16,10 +23,42 @@
 /// - `oldest() == head().saturating_sub(capacity)`: the ring holds every
 ///   byte written until it is full, then exactly `capacity` bytes.
 /// - Memory is `capacity` bytes, allocated once; writing never allocates.
+/// - In shared memory ([`Ring::in_shared`]), the header holds `head` (and
+///   the attached client's position) as of the last write, so that a
+///   successor process picks the ring up where this one left it.
 #[derive(Debug)]
 pub struct Ring {
-    buf: Box<[u8]>,
+    storage: Storage,
+    capacity: usize,
     head: u64,
+}
+
+/// Where the ring's bytes are.
+#[derive(Debug)]
+enum Storage {
+    Own(Box<[u8]>),
+    /// [`RING_HEADER`] bytes of header, then the ring; only this process
+    /// touches it while it runs (its supervisor starts a successor once
+    /// it was reaped, and the monitor never maps it).
+    Shared(SharedMemory),
+}
+
+/// Marks a shared ring's header ("VMDRING1").
+const MAGIC: u64 = u64::from_le_bytes(*b"VMDRING1");
+/// Header words: magic, capacity, head, client position.
+const MAGIC_AT: usize = 0;
+const CAPACITY_AT: usize = 1;
+const HEAD_AT: usize = 2;
+const CLIENT_AT: usize = 3;
+/// A head beyond this is a damaged header (2^62 bytes: centuries of output).
+const MAX_HEAD: u64 = 1 << 62;
+
+/// A shared ring that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    /// The memory holds no room for a ring after its header.
+    #[error("the ring's memory holds {0} bytes, not more than its {RING_HEADER}-byte header")]
+    TooSmall(usize),
 }
 
 /// A reader's position in a [`Ring`].
@@ -51,14 +90,84 @@ impl Ring {
     pub fn new(capacity: usize) -> Self {
         assert!(capacity > 0, "a console ring needs room for a byte");
         Self {
-            buf: vec![0; capacity].into_boxed_slice(),
+            storage: Storage::Own(vec![0; capacity].into_boxed_slice()),
+            capacity,
             head: 0,
+        }
+    }
+
+    /// The ring kept in `memory` (a header, then the bytes): as a
+    /// predecessor left it if its header says so, else empty. Returns it
+    /// and, if a predecessor's client was attached, that client's
+    /// position (not checked: [`Ring::cursor_at`] bounds it).
+    pub fn in_shared(memory: SharedMemory) -> Result<(Self, Option<u64>), RingError> {
+        let capacity = memory.len().saturating_sub(RING_HEADER);
+        if capacity == 0 {
+            return Err(RingError::TooSmall(memory.len()));
+        }
+        let mut ring = Self {
+            storage: Storage::Shared(memory),
+            capacity,
+            head: 0,
+        };
+        let kept = ring.header(MAGIC_AT) == Some(MAGIC)
+            && ring.header(CAPACITY_AT) == Some(capacity as u64)
+            && ring.header(HEAD_AT).is_some_and(|h| h <= MAX_HEAD);
+        if kept {
+            ring.head = ring.header(HEAD_AT).unwrap_or(0);
+            let client = ring.header(CLIENT_AT).filter(|&c| c != u64::MAX);
+            return Ok((ring, client));
+        }
+        ring.set_header(CAPACITY_AT, capacity as u64);
+        ring.set_header(HEAD_AT, 0);
+        ring.set_header(CLIENT_AT, u64::MAX);
+        ring.set_header(MAGIC_AT, MAGIC);
+        Ok((ring, None))
+    }
+
+    /// Header word `i` of a shared ring.
+    fn header(&self, i: usize) -> Option<u64> {
+        match &self.storage {
+            Storage::Own(_) => None,
+            // SAFETY: the mapping is page-aligned and longer than the
+            // header's 8-byte words (`in_shared` checked); see Storage.
+            Storage::Shared(memory) => Some(unsafe { memory.as_ptr().cast::<u64>().add(i).read() }),
+        }
+    }
+
+    fn set_header(&mut self, i: usize, value: u64) {
+        if let Storage::Shared(memory) = &self.storage {
+            // SAFETY: as in `header`; `&mut self` orders the writes.
+            unsafe { memory.as_ptr().cast::<u64>().add(i).write(value) };
+        }
+    }
+
+    fn buf(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Own(buf) => buf,
+            // SAFETY: the mapping holds RING_HEADER + capacity bytes and
+            // lives as long as self; only this process touches it (see
+            // Storage), and `&self` excludes writes through `&mut self`.
+            Storage::Shared(memory) => unsafe {
+                std::slice::from_raw_parts(memory.as_ptr().add(RING_HEADER), self.capacity)
+            },
+        }
+    }
+
+    fn buf_mut(&mut self) -> &mut [u8] {
+        match &mut self.storage {
+            Storage::Own(buf) => buf,
+            // SAFETY: as in `buf`, and `&mut self` makes this the only
+            // reference into the mapping.
+            Storage::Shared(memory) => unsafe {
+                std::slice::from_raw_parts_mut(memory.as_ptr().add(RING_HEADER), self.capacity)
+            },
         }
     }
 
     /// Bytes the ring keeps.
     pub fn capacity(&self) -> usize {
-        self.buf.len()
+        self.capacity
     }
 
     /// Position of the next byte to be written (bytes written so far).
@@ -85,9 +194,25 @@ impl Ring {
         self.head += skip as u64;
         let start = self.index(self.head);
         let first = data.len().min(cap - start);
-        self.buf[start..start + first].copy_from_slice(&data[..first]);
-        self.buf[..data.len() - first].copy_from_slice(&data[first..]);
+        let buf = self.buf_mut();
+        buf[start..start + first].copy_from_slice(&data[..first]);
+        buf[..data.len() - first].copy_from_slice(&data[first..]);
         self.head += data.len() as u64;
+        self.set_header(HEAD_AT, self.head);
+    }
+
+    /// Records where the attached client is (`None`: nobody is), for a
+    /// successor of this process (a shared ring only).
+    pub fn note_client(&mut self, pos: Option<u64>) {
+        self.set_header(CLIENT_AT, pos.unwrap_or(u64::MAX));
+    }
+
+    /// A cursor at `pos`, within the bytes kept (a position a
+    /// predecessor's client had reached).
+    pub fn cursor_at(&self, pos: u64) -> Cursor {
+        Cursor {
+            pos: pos.clamp(self.oldest(), self.head),
+        }
     }
 
     /// A cursor at the oldest byte kept: a new client sees all of it.
@@ -113,8 +238,9 @@ impl Ring {
         let len = pending.min(out.len());
         let start = self.index(cursor.pos);
         let first = len.min(self.capacity() - start);
-        out[..first].copy_from_slice(&self.buf[start..start + first]);
-        out[first..len].copy_from_slice(&self.buf[..len - first]);
+        let buf = self.buf();
+        out[..first].copy_from_slice(&buf[start..start + first]);
+        out[first..len].copy_from_slice(&buf[..len - first]);
         Pending { skipped, len }
     }
 }
@@ -147,6 +273,46 @@ mod tests {
         cursor.advance(p.len);
         out.truncate(p.len);
         (p.skipped, out)
+    }
+
+    fn shared(fd: &std::os::fd::OwnedFd) -> (Ring, Option<u64>) {
+        Ring::in_shared(SharedMemory::map(fd, RING_HEADER + 1).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_shared_ring_is_picked_up_by_a_successor_with_its_clients_place() {
+        let fd = ipc::shm::create_sealed("ring", RING_HEADER + 8).unwrap();
+        let (mut ring, client) = shared(&fd);
+        assert_eq!((ring.capacity(), ring.head(), client), (8, 0, None));
+        ring.push(b"0123456789");
+        ring.note_client(Some(7));
+        drop(ring);
+        let (ring, client) = shared(&fd);
+        assert_eq!((ring.head(), client), (10, Some(7)));
+        let mut c = ring.cursor_at(client.unwrap());
+        assert_eq!(drain(&ring, &mut c), (0, b"789".to_vec()));
+        let mut c = ring.cursor_at_oldest();
+        assert_eq!(drain(&ring, &mut c), (0, b"23456789".to_vec()));
+        // A client position the ring no longer holds is bounded.
+        assert_eq!(ring.cursor_at(0).pos(), 2);
+        assert_eq!(ring.cursor_at(99).pos(), 10);
+    }
+
+    #[test]
+    fn a_damaged_header_starts_an_empty_ring() {
+        let fd = ipc::shm::create_sealed("ring", RING_HEADER + 8).unwrap();
+        let (mut ring, _) = shared(&fd);
+        ring.push(b"abc");
+        drop(ring);
+        let memory = SharedMemory::map(&fd, RING_HEADER).unwrap();
+        // SAFETY: the header's head word, in a mapping nothing else uses.
+        unsafe { memory.as_ptr().cast::<u64>().add(HEAD_AT).write(u64::MAX) };
+        drop(memory);
+        let (ring, client) = shared(&fd);
+        assert_eq!((ring.head(), client), (0, None));
+        let tiny = ipc::shm::create_sealed("ring", RING_HEADER).unwrap();
+        let e = Ring::in_shared(SharedMemory::map(&tiny, 1).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("64 bytes"), "{e}");
     }
 
     #[test]

@@ -75,9 +75,14 @@ impl Shared {
     /// A console with a ring of `ring_size` bytes. Input goes to
     /// `default_input` until a source has written output.
     pub fn new(ring_size: usize, default_input: Source) -> io::Result<Self> {
+        Self::with_ring(Ring::new(ring_size), default_input)
+    }
+
+    /// A console on `ring` (e.g. a predecessor's, in shared memory).
+    pub fn with_ring(ring: Ring, default_input: Source) -> io::Result<Self> {
         Ok(Self {
             state: Mutex::new(State {
-                ring: Ring::new(ring_size),
+                ring,
                 last_output: None,
                 default_input,
                 held: VecDeque::with_capacity(MAX_HELD_INPUT),
@@ -187,6 +192,12 @@ impl State {
     /// The ring of output.
     pub fn ring(&self) -> &Ring {
         &self.ring
+    }
+
+    /// Records where the attached client is, for a successor of this
+    /// process (`None`: nobody is attached).
+    pub fn note_client(&mut self, pos: Option<u64>) {
+        self.ring.note_client(pos);
     }
 
     fn push_output(&mut self, source: Source, bytes: &[u8]) {

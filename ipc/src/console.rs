@@ -19,6 +19,13 @@
 /// Most payload bytes in one packet.
 pub const MAX_BYTES: usize = 4096;
 
+/// Bytes before the ring in a console's ring memfd (`--ring-fd`): its
+/// header, which dev-console lays out.
+pub const RING_HEADER: usize = 64;
+/// Bytes of ring the monitor gives a console: a few screens of boot
+/// messages, replayed to a client that attaches late.
+pub const RING_SIZE: usize = 64 * 1024;
+
 /// One packet of the side channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {

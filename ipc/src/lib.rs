@@ -20,6 +20,8 @@
 //! - [`monitor`]: vmd ↔ monitor messages.
 //! - [`metrics`]: the counters every device keeps, in a page it may share
 //!   with its monitor.
+//! - [`shm`]: sealed memfds a device's successive processes (and its
+//!   monitor) share.
 //! - [`size`]: sizes as users write them (`512M`, `1.5G`).
 //! - [`peer`]: [`peer_credentials`] (SO_PEERCRED), which vmd checks every
 //!   request against.
@@ -35,6 +37,7 @@ pub mod logger;
 pub mod metrics;
 pub mod monitor;
 pub mod peer;
+pub mod shm;
 pub mod size;
 
 #[cfg(test)]

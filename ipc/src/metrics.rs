@@ -13,11 +13,11 @@
 //! the numbers, and its seals (no shrinking, no growing) mean the device
 //! cannot make the monitor's mapping fault.
 
-use std::io;
 use std::ops::Deref;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::shm::{self, SharedMemory, ShmError};
 
 /// Per-device counters (monotonic; read with [`Metrics::snapshot`]).
 ///
@@ -122,43 +122,12 @@ pub struct MetricsPage {
 #[derive(Debug)]
 enum Place {
     Private(Box<Metrics>),
-    /// A shared mapping of [`PAGE_SIZE`] bytes, unmapped on drop.
-    Shared(NonNull<Metrics>),
+    /// A shared mapping of at least [`PAGE_SIZE`] bytes.
+    Shared(SharedMemory),
 }
-
-// SAFETY: the page holds only atomics, which any thread may access; the
-// pointer stays valid until the MetricsPage (its only owner) is dropped.
-unsafe impl Send for MetricsPage {}
-// SAFETY: as for Send: shared access goes through atomics only.
-unsafe impl Sync for MetricsPage {}
 
 /// A page that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsPageError {
-    /// A system call failed.
-    #[error("metrics page: {what}")]
-    Os {
-        /// What was being done.
-        what: &'static str,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The fd is smaller than the counters.
-    #[error("metrics page: the fd holds {size} bytes, fewer than {PAGE_SIZE}")]
-    TooSmall {
-        /// Its size.
-        size: u64,
-    },
-}
-
-fn os(what: &'static str) -> impl FnOnce(io::Error) -> MetricsPageError {
-    move |source| MetricsPageError::Os { what, source }
-}
-
-fn last_os(what: &'static str) -> MetricsPageError {
-    os(what)(io::Error::last_os_error())
-}
+pub type MetricsPageError = ShmError;
 
 impl MetricsPage {
     /// Counters in this process's memory only.
@@ -172,65 +141,19 @@ impl MetricsPage {
     /// fd to pass to the device's processes (close-on-exec: pass it
     /// explicitly).
     pub fn create(name: &str) -> Result<(Self, OwnedFd), MetricsPageError> {
-        let name = std::ffi::CString::new(format!("metrics-{name}"))
-            .unwrap_or_else(|_| c"metrics".to_owned());
-        // SAFETY: memfd_create reads the NUL-terminated name only.
-        let raw = unsafe {
-            libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        };
-        if raw < 0 {
-            return Err(last_os("memfd_create"));
-        }
-        // SAFETY: memfd_create returned a new fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: ftruncate on the memfd just made; no memory is touched.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE_SIZE as libc::off_t) } < 0 {
-            return Err(last_os("ftruncate"));
-        }
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        // SAFETY: F_ADD_SEALS on our memfd takes an int argument.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-            return Err(last_os("sealing"));
-        }
+        let fd = shm::create_sealed(&format!("metrics-{name}"), PAGE_SIZE)?;
         let page = Self::map_fd(&fd)?;
         Ok((page, fd))
     }
 
     /// Maps the shared page passed as `fd` (which the mapping outlives).
     pub fn map(fd: OwnedFd) -> Result<Self, MetricsPageError> {
-        // SAFETY: an all-zero stat is a valid value for fstat to fill.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat fills `stat`, which lives across the call.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } < 0 {
-            return Err(last_os("fstat"));
-        }
-        let size = u64::try_from(stat.st_size).unwrap_or(0);
-        if size < PAGE_SIZE as u64 {
-            return Err(MetricsPageError::TooSmall { size });
-        }
         Self::map_fd(&fd)
     }
 
     fn map_fd(fd: &OwnedFd) -> Result<Self, MetricsPageError> {
-        // SAFETY: a new shared mapping of the fd's first PAGE_SIZE bytes,
-        // which the caller checked (or made) it has; no existing memory
-        // is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(last_os("mmap"));
-        }
-        let ptr = NonNull::new(ptr.cast::<Metrics>()).ok_or_else(|| last_os("mmap"))?;
         Ok(Self {
-            place: Place::Shared(ptr),
+            place: Place::Shared(SharedMemory::map(fd, PAGE_SIZE)?),
         })
     }
 
@@ -252,20 +175,12 @@ impl Deref for MetricsPage {
     fn deref(&self) -> &Metrics {
         match &self.place {
             Place::Private(metrics) => metrics,
-            // SAFETY: the mapping is PAGE_SIZE bytes, page-aligned, valid
-            // until drop, and any bit pattern is a valid Metrics (atomic
-            // u64s only); a fresh memfd reads as zeroes.
-            Place::Shared(ptr) => unsafe { ptr.as_ref() },
-        }
-    }
-}
-
-impl Drop for MetricsPage {
-    fn drop(&mut self) {
-        if let Place::Shared(ptr) = self.place {
-            // SAFETY: the mapping was made by map_fd with PAGE_SIZE and no
-            // reference into it outlives self.
-            unsafe { libc::munmap(ptr.as_ptr().cast(), PAGE_SIZE) };
+            // SAFETY: the mapping is at least PAGE_SIZE bytes (more than a
+            // Metrics), page-aligned, valid while `self` lives, and any
+            // bit pattern is a valid Metrics (atomic u64s only, which is
+            // how every holder of the page touches it); a fresh memfd
+            // reads as zeroes.
+            Place::Shared(memory) => unsafe { &*memory.as_ptr().cast::<Metrics>() },
         }
     }
 }
@@ -296,16 +211,19 @@ mod tests {
     fn the_page_is_sealed_so_a_device_cannot_shrink_it_under_the_monitor() {
         let (_monitor, fd) = MetricsPage::create("net0").unwrap();
         // SAFETY: ftruncate on our own memfd.
-        let shrunk = unsafe { libc::ftruncate(fd.as_raw_fd(), 0) };
+        let shrunk = unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), 0) };
         assert_eq!(shrunk, -1);
-        assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EPERM)
+        );
     }
 
     #[test]
     fn a_small_fd_is_refused_by_size() {
         let file = std::fs::File::open("/dev/null").unwrap();
         let e = MetricsPage::map(file.into()).unwrap_err();
-        assert!(e.to_string().contains("0 bytes"), "{e}");
+        assert!(e.to_string().contains("0 bytes, fewer than 4096"), "{e}");
     }
 
     #[test]

@@ -191,8 +191,9 @@ fn an_attached_console_survives_a_killed_dev_console() {
     let mut term = attach(&vmd, "r");
     // The guest prints `ready` on COM1, then on hvc0, where it reads typed
     // input: once both are through, typing goes to hvc0, the port that
-    // wrote last. Kill dev-console then: its successor has seen no output,
-    // and must learn the route from the monitor (as dev-console told it).
+    // wrote last. Kill dev-console then: its successor has been written no
+    // output itself, and must learn the route from the monitor (as
+    // dev-console told it).
     let start = std::time::Instant::now();
     while term.seen().matches("VMDT console ready").count() < 2 {
         assert!(start.elapsed() < SLOW, "no ready on hvc0:\n{}", term.seen());
@@ -212,7 +213,23 @@ fn an_attached_console_survives_a_killed_dev_console() {
         assert!(start.elapsed() < SLOW, "no live output:\n{}", term.seen());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The successor went on from where the client was in the ring it
+    // kept: nothing came twice.
+    assert_eq!(
+        term.seen().matches("VMDT BEGIN console").count(),
+        1,
+        "{}",
+        term.seen()
+    );
     term.type_bytes(b"\r~.");
     assert_eq!(term.wait(SLOW), Some(0), "{}", term.seen());
     assert_eq!(vmd.row("r").state, "running");
+    // A client attaching now sees what the guest wrote before the
+    // restart too: the ring outlived the process.
+    let mut again = attach(&vmd, "r");
+    again.expect("VMDT BEGIN console", SLOW);
+    again.expect("hvc=hello-from-hvc0", SLOW);
+    again.expect("echo=after_restart", SLOW);
+    again.type_bytes(b"\r~.");
+    assert_eq!(again.wait(SLOW), Some(0), "{}", again.seen());
 }

@@ -103,6 +103,8 @@ impl ConsoleLink {
             "5",
             "--com-fd",
             "6",
+            "--ring-fd",
+            "7",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -114,10 +116,22 @@ impl ConsoleLink {
             fd.try_clone_to_owned()
                 .map_err(os("keep a copy of the console's fds"))
         };
+        // The ring of recent output too: a successor replays what its
+        // predecessors wrote, and an attached client goes on from where
+        // it was (dev-console lays it out; the monitor never maps it).
+        let ring = ipc::shm::create_sealed(
+            "console-ring",
+            ipc::console::RING_HEADER + ipc::console::RING_SIZE,
+        )
+        .map_err(|e| VmError::Os {
+            what: "make the console's ring",
+            source: std::io::Error::other(e.to_string()),
+        })?;
         let resources = vec![
             keep(self.pty.master.as_fd())?,
             keep(self.pty.slave.as_fd())?,
             pending.theirs,
+            ring,
         ];
         let link = Arc::downgrade(self);
         let recipe = Recipe {
