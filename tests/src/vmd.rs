@@ -371,6 +371,38 @@ pub fn children_named(pid: u32, comm: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Kills `monitor`'s child named `comm` up to `kills` times with SIGKILL,
+/// each after a pause drawn from `pause_ms` (a fixed xorshift sequence:
+/// different moments, the same in every run) that `wait` spends (reading
+/// output, say); stops early once `wait` returns false. Returns the pids
+/// killed.
+pub fn kill_repeatedly(
+    monitor: u32,
+    comm: &str,
+    kills: usize,
+    pause_ms: std::ops::Range<u64>,
+    mut wait: impl FnMut(std::time::Duration) -> bool,
+) -> Vec<u32> {
+    let mut killed = Vec::new();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    while killed.len() < kills {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let pause = pause_ms.start + seed % (pause_ms.end - pause_ms.start);
+        if !wait(std::time::Duration::from_millis(pause)) {
+            break;
+        }
+        if let [pid] = children_named(monitor, comm)[..] {
+            // SAFETY: kill(2) on a pid just read as the monitor's child.
+            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
+                killed.push(pid);
+            }
+        }
+    }
+    killed
+}
+
 /// What process `pid` holds past stdio: (fd, what it points at).
 pub fn fds_past_stdio(pid: u32) -> Vec<(u32, PathBuf)> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -303,13 +303,7 @@ fn kill_dev_block_repeatedly(
     kills: usize,
     pause_ms: std::ops::Range<u64>,
 ) -> Vec<u32> {
-    let mut killed = Vec::new();
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    while killed.len() < kills && !output.contains("VMDT PASS") && !output.contains("VMDT FAIL") {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let pause = Duration::from_millis(pause_ms.start + seed % (pause_ms.end - pause_ms.start));
+    vmd_tests::vmd::kill_repeatedly(monitor, "dev-block", kills, pause_ms, |pause| {
         let until = Instant::now() + pause;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match lines.recv_timeout(left) {
@@ -317,14 +311,8 @@ fn kill_dev_block_repeatedly(
                 Err(_) => break,
             }
         }
-        if let [pid] = vmd_tests::vmd::children_named(monitor, "dev-block")[..] {
-            // SAFETY: kill(2) on a pid just read as our child's child.
-            if unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0 {
-                killed.push(pid);
-            }
-        }
-    }
-    killed
+        !output.contains("VMDT PASS") && !output.contains("VMDT FAIL")
+    })
 }
 
 #[test]

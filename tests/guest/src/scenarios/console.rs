@@ -1,5 +1,6 @@
 //! `console`: the virtio console (port 0, hvc0) next to COM1. Writes a
-//! greeting on each, optionally floods hvc0 with `lines=N` numbered lines,
+//! greeting on each, optionally floods hvc0 with `lines=N` numbered lines
+//! (`line_ms=MS` apart),
 //! prints `ready` on both (hvc0 last, so that dev-console routes typed
 //! input there), reads one line typed on hvc0 and echoes it on
 //! both. With `wait=1` it prints PASS and keeps running: an `alive` line on
@@ -34,6 +35,11 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         Some(Ok(s)) => Some(s.saturating_mul(1000)),
         Some(Err(_)) => crate::fail!("timeout= takes a number of seconds (0: none)"),
     };
+    let line_ms = match ctx.boot.arg("line_ms").map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(ms)) => ms,
+        Some(Err(_)) => crate::fail!("line_ms= takes a number of milliseconds"),
+    };
     let wait = ctx.boot.arg("wait").is_some_and(|v| v != "0");
     let mut con = Console::open(ctx.boot)
         .map_err(|r| Reason::new(format_args!("virtio console: {}", r.as_str())))?;
@@ -53,6 +59,9 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         let tsc_ms = cpu::tsc_per_ms();
         let began = cpu::rdtsc();
         for k in 0..lines {
+            if line_ms > 0 && k > 0 {
+                cpu::wait_until(cpu::Deadline::after_ms(line_ms), || false);
+            }
             con.send_line(format_args!("VMDT {name} n={k}"))?;
         }
         con.flush()?;
