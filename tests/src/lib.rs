@@ -222,6 +222,16 @@ impl Scratch {
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    /// A new sparse file of `len` bytes inside the directory (a raw disk
+    /// image of zeroes); returns its path.
+    pub fn sparse_file(&self, name: &str, len: u64) -> PathBuf {
+        let path = self.path(name);
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(len))
+            .expect("make a sparse file");
+        path
+    }
 }
 
 impl Drop for Scratch {

@@ -69,11 +69,7 @@ fn vmctl_device_counts_sets_a_level_and_holds_a_restart_for_a_debugger() {
         return;
     }
     let scratch = Scratch::new("device-cmd");
-    let disk = scratch.path("d.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    let disk = scratch.sparse_file("d.img", 8 << 20);
     // The VM's owner, uid 65534, reaches the socket.
     std::fs::set_permissions(
         scratch.path(""),
@@ -208,11 +204,7 @@ fn restarts_0_stops_the_vm_when_a_device_dies() {
         return;
     }
     let scratch = Scratch::new("device-restarts-0");
-    let disk = scratch.path("d.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    let disk = scratch.sparse_file("d.img", 1 << 20);
     let config = format!(
         "vm \"once\" {{\n boot \"{TEST_GUEST}\"\n memory 32M\n disk \"{}\"\n restarts 0\n \
          cmdline \"test=ticker ms=500\"\n}}\n",

@@ -230,11 +230,7 @@ fn kvm_and_root_or_skip(test: &str) -> bool {
 /// A vmd in `scratch` running VM `name` (the ticker guest on a 1 MiB
 /// disk); returns vmd, the monitor's pid and the disk's path.
 fn running_ticker_vm(scratch: &Scratch, name: &str) -> (Vmd, u32, std::path::PathBuf) {
-    let disk = scratch.path("d.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    let disk = scratch.sparse_file("d.img", 1 << 20);
     let config = format!(
         "vm \"{name}\" {{\n boot \"{}\"\n memory 64M\n disk \"{}\"\n cmdline \"test=ticker ms=500\"\n}}\n",
         vmd_tests::TEST_GUEST,

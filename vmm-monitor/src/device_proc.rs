@@ -408,28 +408,9 @@ impl DeviceProcess {
         }
         drop(guard);
         // The signal is delivered when the process next leaves the kernel:
-        // wait until it has stopped (without reaping anything: WNOWAIT;
-        // if it dies instead, its waiter reaps it and this fails).
-        // SAFETY: siginfo_t is plain data that waitid fills.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        loop {
-            // SAFETY: waitid on our own child with a valid siginfo pointer.
-            let r = unsafe {
-                libc::waitid(
-                    libc::P_PID,
-                    pid as libc::id_t,
-                    &mut info,
-                    libc::WSTOPPED | libc::WNOWAIT,
-                )
-            };
-            if r == 0 {
-                return Ok(());
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+        // wait until it has stopped (if it dies instead, its waiter reaps
+        // it and this fails).
+        wait_without_reaping(pid, libc::WSTOPPED)
     }
 
     /// The process ID.
@@ -562,23 +543,9 @@ fn wait_for(
     };
     // Wait for the end without reaping (so the pid stays ours), then take
     // it out and reap it under the lock, so that kill() never signals a
-    // pid the kernel may have given to another process.
-    // SAFETY: siginfo_t is plain data that waitid fills.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: waitid on our own child with a valid siginfo pointer.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            break;
-        }
-    }
+    // pid the kernel may have given to another process. (Should the wait
+    // fail, waitpid below says so.)
+    let _ = wait_without_reaping(pid, libc::WEXITED);
     let mut status = 0;
     let ret = {
         let mut guard = child.lock().unwrap_or_else(|p| p.into_inner());
@@ -611,6 +578,31 @@ fn wait_for(
             device: name.to_string(),
             how,
         });
+    }
+}
+
+/// Waits until child `pid` is in a state of `states` (WEXITED, WSTOPPED),
+/// leaving it waitable (WNOWAIT); retried when interrupted.
+fn wait_without_reaping(pid: libc::pid_t, states: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: siginfo_t is plain data that waitid fills.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waitid on our own child with a valid siginfo pointer.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                states | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use vmm_monitor::virtio::VirtioDevice;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod common;
-use common::driver::{dev_block_binary, Driver, DATA};
+use common::driver::{dev_block_binary, scratch_image, Driver, DATA};
 use common::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_ID_BLOCK};
 
 /// Room for [`BATCH`] requests of three descriptors each.
@@ -95,17 +95,7 @@ fn a_killed_backend_is_replaced_and_every_request_completes_once() {
         eprintln!("SKIPPED {test}: dev-block is not built beside the tests");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("vmd-restart-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("disk.img");
-    let image = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    image.set_len(BLOCK * u64::from(BATCH)).unwrap();
+    let (dir, path, image) = scratch_image("restart", BLOCK * u64::from(BATCH));
 
     let (mut backend, socket) = start_backend(&program, &image);
     let mut dev = VhostUserDevice::connect("blk-restart", socket, VIRTIO_ID_BLOCK, 1).unwrap();

@@ -5,7 +5,6 @@
 //! loop's delay before each restart; the test plays the guest driver on
 //! memfd guest RAM (no KVM needed).
 
-use std::fs::File;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
@@ -18,7 +17,7 @@ use vmm_monitor::virtio::VirtioDevice;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod common;
-use common::driver::{dev_block_binary, Driver, AVAIL, USED};
+use common::driver::{dev_block_binary, scratch_image, Driver, AVAIL, USED};
 use common::{VIRTIO_BLK_T_OUT, VIRTIO_ID_BLOCK};
 
 const RING: u16 = 16;
@@ -73,17 +72,7 @@ fn a_reset_or_an_activation_while_no_backend_runs_waits_for_its_successor() {
         eprintln!("SKIPPED {test}: dev-block is not built beside the tests");
         return;
     };
-    let dir = std::env::temp_dir().join(format!("vmd-down-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("disk.img");
-    let image = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    image.set_len(1 << 20).unwrap();
+    let (dir, path, image) = scratch_image("down", 1 << 20);
     let recipe = Recipe {
         name: "disk0".into(),
         program,

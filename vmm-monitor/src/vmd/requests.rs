@@ -124,12 +124,16 @@ fn device_list(vmd: &Vmd, peer: &Peer, vm: &VmRef) -> Result<Response, Refusal> 
         Ok(ipc::monitor::FromMonitor::Devices(devices)) => {
             Ok(Response::Devices { id, name, devices })
         }
-        Ok(other) => Err(Refusal::new(
-            ErrorKind::Host,
-            format!("vm '{name}': the monitor answered {other:?}"),
-        )),
+        Ok(other) => Err(unexpected_answer(&name, &other)),
         Err(e) => Err(link_refusal(&name, &e)),
     }
+}
+
+fn unexpected_answer(name: &str, answer: &ipc::monitor::FromMonitor) -> Refusal {
+    Refusal::new(
+        ErrorKind::Host,
+        format!("vm '{name}': the monitor answered {answer:?}"),
+    )
 }
 
 /// `vmctl device restart`: the monitor kills the device's process, whose
@@ -170,10 +174,7 @@ fn device_restart(
         Ok(ipc::monitor::FromMonitor::Failed(why)) => {
             Err(Refusal::new(ErrorKind::Host, format!("vm '{name}': {why}")))
         }
-        Ok(other) => Err(Refusal::new(
-            ErrorKind::Host,
-            format!("vm '{name}': the monitor answered {other:?}"),
-        )),
+        Ok(other) => Err(unexpected_answer(&name, &other)),
         Err(e) => Err(link_refusal(&name, &e)),
     }
 }

@@ -34,6 +34,24 @@ pub fn dev_block_binary() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// A read-write image of `len` bytes in a new directory named after
+/// `tag` under the temporary directory; returns the directory, the
+/// image's path and the open file.
+pub fn scratch_image(tag: &str, len: u64) -> (PathBuf, PathBuf, std::fs::File) {
+    let dir = std::env::temp_dir().join(format!("vmd-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("disk.img");
+    let image = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    image.set_len(len).unwrap();
+    (dir, path, image)
+}
+
 /// The guest driver's side of one split virtqueue of `ring` descriptors,
 /// laid out at fixed guest addresses; request `n` uses descriptors
 /// `3n..3n+2` and a data buffer of `block` bytes.
