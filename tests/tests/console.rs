@@ -259,7 +259,7 @@ fn dev_console_killed_100_times_loses_no_line_and_keeps_its_client() {
     let monitor: u32 = vmd.row("k").pid.parse().unwrap();
     // Each process lives past the quick-death window: restarted at once.
     let killed =
-        vmd_tests::vmd::kill_repeatedly(monitor, "dev-console", KILLS, 300..400, |pause| {
+        vmd_tests::vmd::kill_repeatedly(monitor, "dev-console", KILLS, 280..340, |pause| {
             std::thread::sleep(pause);
             !term.seen().contains(&format!("lines={LINES} "))
         });
