@@ -26,6 +26,9 @@ use ipc::monitor::{
 };
 use ipc::Channel;
 
+mod common;
+use common::driver::scratch_image;
+
 /// Longest wait for anything the guest does (CPL0 code is emulated on
 /// the development hosts, and tests run in parallel).
 const GUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -416,20 +419,6 @@ fn pause_stops_the_guest_and_survives_losing_vmd_until_unpause_and_stop() {
     assert!(log.contains("VM paused by vmd"), "{log}");
 }
 
-fn raw_disk(dir_name: &str, size: u64) -> (PathBuf, File) {
-    let path =
-        std::env::temp_dir().join(format!("vmm-control-{dir_name}-{}.img", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    file.set_len(size).unwrap();
-    (path, file)
-}
-
 fn raw_attach(path: &Path, file: File) -> (DiskAttach, Vec<File>) {
     let attach = DiskAttach {
         path: path.to_owned(),
@@ -449,11 +438,11 @@ fn guest_reset_rebuilds_the_vm_in_place_with_its_disk_and_console() {
     if !dev_block_or_skip(test) {
         return;
     }
-    let (path, file) = raw_disk(test, 8 << 20);
+    let (dir, path, file) = scratch_image(&format!("control-{test}"), 8 << 20);
     let disks = [raw_attach(&path, file)];
     let mut vmd = FakeVmd::launch(test, &guest, "test=reboot", &disks);
     drop(disks);
-    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     vmd.expect_started();
     // The guest resets forever: each reset is a rebuild.
     for _ in 0..2 {
@@ -503,12 +492,12 @@ fn disks_come_as_fds_and_a_guest_poweroff_is_reported() {
     if !dev_block_or_skip(test) {
         return;
     }
-    let (path, file) = raw_disk(test, 4 << 20);
+    let (dir, path, file) = scratch_image(&format!("control-{test}"), 4 << 20);
     let disks = [raw_attach(&path, file)];
     let mut vmd = FakeVmd::launch(test, &guest, "test=blk-rw", &disks);
     drop(disks);
     // vmd opened the image; the monitor and dev-block open nothing by path.
-    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     vmd.expect_started();
     let exited = vmd.recv();
     let console = vmd.console.wait_for("VMDT PASS blk-rw\n", &vmd.log);
