@@ -337,3 +337,13 @@ pub fn spread(ours: &[f64], peer: &[f64]) -> String {
     let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     format!("{min:.2}–{max:.2}")
 }
+
+/// QEMU options every side-by-side run uses: no default devices or user
+/// configuration, no display, the guest's serial console on stdio.
+pub const QEMU_HEADLESS: [&str; 5] = [
+    "-nodefaults",
+    "-no-user-config",
+    "-nographic",
+    "-serial",
+    "stdio",
+];

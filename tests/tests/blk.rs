@@ -458,13 +458,7 @@ fn dev_block_standalone_serves_qemu_as_frontend() {
             "-numa",
             "node,memdev=mem",
         ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-serial",
-            "stdio",
-        ])
+        .args(vmd_tests::bench::QEMU_HEADLESS)
         .args(["-kernel", vmd_tests::TEST_GUEST, "-append", "test=blk-rw"])
         .args([
             "-chardev",

@@ -78,13 +78,7 @@ fn qemu(guest: &str, irqchip: Option<&str>) -> Command {
         None => c.args(["-accel", "kvm"]),
     };
     c.args(["-M", "microvm", "-smp", "1"]);
-    c.args([
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-serial",
-        "stdio",
-    ]);
+    c.args(vmd_tests::bench::QEMU_HEADLESS);
     c.arg("-m").arg(format!("{MEMORY_MIB}M"));
     c.args(["-kernel", guest, "-append", "test=hello"]);
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"]);

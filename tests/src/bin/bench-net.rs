@@ -437,13 +437,7 @@ fn start_qemu(setup: &Setup, ns: &Netns, cmdline: &str) -> Result<Running> {
             // Thread names, so that the vCPU's CPU time can be told apart.
             .args(["-name", "bench,debug-threads=on"])
             .args(["-m", &format!("{MEMORY_MIB}M")])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-nographic",
-                "-serial",
-                "stdio",
-            ])
+            .args(vmd_tests::bench::QEMU_HEADLESS)
             .args(["-kernel", &setup.guest, "-append", cmdline])
             .args(["-netdev", &netdev, "-device", &device])
             .args([

@@ -326,13 +326,7 @@ fn peer(image: &Path, socket: &Path, kills: usize, pause_ms: u64, secs: u64) -> 
             &format!("memory-backend-memfd,id=mem,size={MEMORY},share=on"),
         ])
         .args(["-numa", "node,memdev=mem"])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-            "-serial",
-            "stdio",
-        ])
+        .args(vmd_tests::bench::QEMU_HEADLESS)
         .args(["-kernel", &vmd_tests::bench::guest()])
         .args(["-append", &guest_args(secs, kills.max(8))])
         .args([

@@ -38,17 +38,6 @@ const MAX_TOP: usize = 256;
 /// Most stalls recorded.
 const MAX_STALLS: usize = 4096;
 
-/// A number from the command line, or `default`.
-fn arg(ctx: &Ctx, key: &str, default: u64) -> Result<u64, Reason> {
-    match ctx.boot.arg(key) {
-        None => Ok(default),
-        Some(v) => match v.parse() {
-            Ok(n) => Ok(n),
-            Err(_) => crate::fail!("bad {key}={v}"),
-        },
-    }
-}
-
 /// The generation table: one u16 per block, in DMA memory (no heap).
 struct Gens {
     base: u64,
@@ -96,17 +85,21 @@ struct Req {
 
 fn run(ctx: &Ctx) -> Result<(), Reason> {
     let mut blk = blk_common::open(ctx, 0, MAX_QUEUES)?;
-    let secs = arg(ctx, "secs", 10)?;
-    let depth = (arg(ctx, "depth", 32)? as usize).clamp(1, blk.slots.min(MAX_SLOTS));
-    let mib = arg(ctx, "size", 16)?;
-    let k = (arg(ctx, "top", 32)? as usize).clamp(1, MAX_TOP);
+    let secs = ctx.number("secs", 10)?;
+    let depth = (ctx.number("depth", 32)? as usize).clamp(1, blk.slots.min(MAX_SLOTS));
+    let mib = ctx.number("size", 16)?;
+    let k = (ctx.number("top", 32)? as usize).clamp(1, MAX_TOP);
     let blocks = (mib * (1 << 20) / SECTOR).min(blk.cfg.capacity) / BLOCK_SECTORS;
     let slots = blk.nq * depth;
     if blocks < 2 * slots as u64 {
         crate::fail!("{blocks} blocks are too few for {slots} requests in flight");
     }
     let block_bytes = BLOCK_SECTORS * SECTOR;
-    let bufs = dma::alloc(ctx.boot, (MAX_QUEUES * MAX_SLOTS) as u64 * block_bytes, 4096)?;
+    let bufs = dma::alloc(
+        ctx.boot,
+        (MAX_QUEUES * MAX_SLOTS) as u64 * block_bytes,
+        4096,
+    )?;
     let gens = Gens {
         base: dma::alloc(ctx.boot, 2 * blocks, 4096)?,
         blocks,
@@ -123,7 +116,7 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         k,
     };
     let (mut next, mut count, mut inflight, mut requests) = (0u64, 0u64, 0usize, 0u64);
-    let stall_ticks = arg(ctx, "stall_us", 1000)? * tsc_ms / 1000;
+    let stall_ticks = ctx.number("stall_us", 1000)? * tsc_ms / 1000;
     let mut stalls = [(0u64, 0u64); MAX_STALLS];
     let mut nstalls = 0;
     crate::println!(
@@ -186,7 +179,11 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
             }
             last = now;
             let Some(req) = reqs[done.queue][done.slot].take() else {
-                crate::fail!("completion for idle slot {} of queue {}", done.slot, done.queue);
+                crate::fail!(
+                    "completion for idle slot {} of queue {}",
+                    done.slot,
+                    done.queue
+                );
             };
             inflight -= 1;
             requests += 1;

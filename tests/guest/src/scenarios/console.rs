@@ -24,22 +24,14 @@ const ALIVE_MS: u64 = 1000;
 
 fn run(ctx: &Ctx) -> Result<(), Reason> {
     let name = ctx.name;
-    let lines = match ctx.boot.arg("lines").map(str::parse::<u64>) {
-        None => 0,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => crate::fail!("lines= takes a number"),
-    };
+    let lines = ctx.number("lines", 0)?;
     let timeout_ms = match ctx.boot.arg("timeout").map(str::parse::<u64>) {
         None => Some(DEFAULT_TIMEOUT_S * 1000),
         Some(Ok(0)) => None,
         Some(Ok(s)) => Some(s.saturating_mul(1000)),
         Some(Err(_)) => crate::fail!("timeout= takes a number of seconds (0: none)"),
     };
-    let line_ms = match ctx.boot.arg("line_ms").map(str::parse::<u64>) {
-        None => 0,
-        Some(Ok(ms)) => ms,
-        Some(Err(_)) => crate::fail!("line_ms= takes a number of milliseconds"),
-    };
+    let line_ms = ctx.number("line_ms", 0)?;
     let wait = ctx.boot.arg("wait").is_some_and(|v| v != "0");
     let mut con = Console::open(ctx.boot)
         .map_err(|r| Reason::new(format_args!("virtio console: {}", r.as_str())))?;

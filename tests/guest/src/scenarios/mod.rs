@@ -70,6 +70,17 @@ pub struct Ctx {
     pub name: &'static str,
 }
 
+impl Ctx {
+    /// The number the command line gives as `key=`, or `default`.
+    pub fn number(&self, key: &str, default: u64) -> Result<u64, Reason> {
+        match self.boot.arg(key).map(str::parse::<u64>) {
+            None => Ok(default),
+            Some(Ok(n)) => Ok(n),
+            Some(Err(_)) => crate::fail!("{key}= takes a number"),
+        }
+    }
+}
+
 /// Capacity of a [`Reason`]: short, so that `Result<(), Reason>` stays
 /// small (there is no allocator to box it).
 const REASON_CAPACITY: usize = 120;

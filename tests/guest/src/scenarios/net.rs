@@ -37,15 +37,6 @@ const UDP_PORT: u16 = 40_000;
 /// Subnet mask with `static=` when `mask=` gives none.
 const STATIC_MASK: Ip = Ip([255, 255, 255, 0]);
 
-/// A number argument, or its default.
-fn num(ctx: &Ctx, key: &str, default: u64) -> Result<u64, Reason> {
-    match ctx.boot.arg(key).map(str::parse::<u64>) {
-        None => Ok(default),
-        Some(Ok(n)) => Ok(n),
-        Some(Err(_)) => crate::fail!("{key}= takes a number"),
-    }
-}
-
 /// An address argument.
 fn ip_arg(ctx: &Ctx, key: &str) -> Result<Option<Ip>, Reason> {
     match ctx.boot.arg(key) {
@@ -59,13 +50,13 @@ fn ip_arg(ctx: &Ctx, key: &str) -> Result<Option<Ip>, Reason> {
 
 fn run(ctx: &Ctx) -> Result<(), Reason> {
     let name = ctx.name;
-    let pings = num(ctx, "ping", 3)?;
-    let ping_ms = num(ctx, "ping_ms", 0)?;
-    let lossy = num(ctx, "lossy", 0)? != 0;
-    let count = num(ctx, "count", 3)?;
-    let ms = num(ctx, "ms", 1000)?;
-    let size = num(ctx, "size", 1024)? as usize;
-    let linger = num(ctx, "linger", 0)?;
+    let pings = ctx.number("ping", 3)?;
+    let ping_ms = ctx.number("ping_ms", 0)?;
+    let lossy = ctx.number("lossy", 0)? != 0;
+    let count = ctx.number("count", 3)?;
+    let ms = ctx.number("ms", 1000)?;
+    let size = ctx.number("size", 1024)? as usize;
+    let linger = ctx.number("linger", 0)?;
     let expect_ip = ip_arg(ctx, "expect_ip")?;
     let expect_router = ip_arg(ctx, "expect_router")?;
     let peer = ip_arg(ctx, "peer")?;
@@ -100,7 +91,7 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         crate::fail!("size= at most {}", Stack::MAX_UDP);
     }
 
-    let rx_buf = num(ctx, "rxbuf", BUF as u64)? as usize;
+    let rx_buf = ctx.number("rxbuf", BUF as u64)? as usize;
     let net = Net::open(ctx.boot, rx_buf)
         .map_err(|r| Reason::new(format_args!("virtio net: {}", r.as_str())))?;
     let func = net.t.func;
@@ -186,7 +177,11 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
             Mac(mac),
             stack.us_since(began) / 1000
         );
-        let timeout = if lossy { LOSSY_TIMEOUT_MS } else { REPLY_TIMEOUT_MS };
+        let timeout = if lossy {
+            LOSSY_TIMEOUT_MS
+        } else {
+            REPLY_TIMEOUT_MS
+        };
         let mut received = 0u64;
         for seq in 1..=pings as u16 {
             if ping_ms > 0 && seq > 1 {

@@ -20,11 +20,7 @@ fn run(ctx: &Ctx) -> Result<(), Reason> {
         Some(Ok(ms)) if ms > 0 => ms,
         Some(_) => crate::fail!("ms= takes a positive number"),
     };
-    let count = match ctx.boot.arg("count").map(str::parse::<u64>) {
-        None => u64::MAX,
-        Some(Ok(n)) => n,
-        Some(Err(_)) => crate::fail!("count= takes a number"),
-    };
+    let count = ctx.number("count", u64::MAX)?;
     for n in 0..count {
         crate::println!("VMDT {} n={n}", ctx.name);
         cpu::wait_until(Deadline::after_ms(period), || false);
