@@ -142,7 +142,7 @@ impl<D: Device> BackendHandler<D> {
         let vring = self.vring(u32::from(index))?.clone();
         let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let memory = self.memory.memory();
-        let run_now = {
+        {
             let mut v = vring.lock();
             if let Err(e) = v.start(&memory.memory(), event_idx) {
                 // The guest programmed the ring; its failure is not ours.
@@ -150,8 +150,14 @@ impl<D: Device> BackendHandler<D> {
                 v.set_broken();
                 return Ok(());
             }
-            !v.resubmit.is_empty()
-        };
+        }
+        // The worker looks at the ring once before it waits for a kick:
+        // requests resubmitted after a reconnect get no new kick, and a
+        // predecessor may have read the kick for requests it died before
+        // taking (enabling the ring wakes the worker too, but a frontend
+        // without protocol features sends no enable). On a fresh ring the
+        // look finds nothing.
+        let run_now = true;
         let worker = Worker::spawn(
             u16::from(index),
             Arc::clone(&self.device),

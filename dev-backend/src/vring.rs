@@ -151,6 +151,17 @@ impl Vring {
             }
             self.queue.set_next_avail(used.wrapping_add(pending));
             self.resubmit = recovery.resubmit.into();
+            // A predecessor may have died between putting completions in
+            // the used ring and signalling them: signal once (a spurious
+            // interrupt costs the driver a look at its used ring).
+            match &self.call {
+                Some(call) => {
+                    if let Err(e) = call.write(1) {
+                        debug!("queue {index}: signalling the call fd after a reconnect: {e}");
+                    }
+                }
+                None => self.missed_call = true,
+            }
         }
         Ok(())
     }

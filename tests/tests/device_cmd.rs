@@ -19,7 +19,24 @@ struct Row {
 }
 
 fn row(vmd: &Vmd, vm: &str, device: &str) -> Row {
-    let listing = vmd.vmctl(&["device", "list", vm]).ok().to_string();
+    let ran = vmd.vmctl(&["device", "list", vm]);
+    if ran.code != 0 {
+        // Why the VM is gone is in vmd's log (the monitor's last lines).
+        let log = vmd.log();
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .filter(|l| !l.contains(" TRACE ") && !l.contains(" DEBUG "))
+            .take(40)
+            .collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "vmctl device list: {}\nvmd's log ends:\n{}",
+            ran.stderr,
+            tail.join("\n")
+        );
+    }
+    let listing = ran.stdout;
     let line = listing
         .lines()
         .find(|l| l.split_whitespace().next() == Some(device))

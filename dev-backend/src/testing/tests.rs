@@ -155,6 +155,30 @@ fn disconnect_mid_request_reconnect_resubmits_exactly_once() {
 }
 
 #[test]
+fn a_reconnected_ring_is_signalled_once_for_what_its_predecessor_completed() {
+    let dev1 = Arc::new(EchoDevice::new(1));
+    let (sock, backend1) = start(&dev1);
+    let mut fe = TestFrontend::connect(sock, TestOptions::default()).unwrap();
+    let a = fe.add_request(0, b"first", 16).unwrap();
+    fe.kick(0).unwrap();
+    assert_eq!(fe.wait_used(0, 1, T).unwrap(), vec![Used { id: a, len: 5 }]);
+    // Whatever the old process signalled has been taken: a call from now
+    // on comes from its successor.
+    fe.wait_call(0, QUIET).unwrap();
+    let guest = fe.disconnect();
+    backend1.join().unwrap().unwrap();
+    let dev2 = Arc::new(EchoDevice::new(1));
+    let (sock, backend2) = start(&dev2);
+    let fe = TestFrontend::reconnect(guest, sock).unwrap();
+    assert!(
+        fe.wait_call(0, T).unwrap(),
+        "the successor signalled the ring"
+    );
+    drop(fe);
+    backend2.join().unwrap().unwrap();
+}
+
+#[test]
 fn reconnect_without_inflight_requests_resumes_at_used_idx() {
     let dev1 = Arc::new(EchoDevice::new(1));
     let (sock, backend1) = start(&dev1);
